@@ -1,0 +1,26 @@
+"""Test setup: 8 fake CPU devices so sharding code is really exercised.
+
+The device count must be fixed before JAX initialises its backends, so it is set here, at import
+time of the first conftest, through XLA_FLAGS (works on every jaxlib we support) rather than through
+`jax.config.update('jax_num_cpu_devices', 8)`, which exists only on newer releases.
+"""
+
+import os
+
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Keep TFDS from probing GCE metadata (no network on CI).
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import jax  # noqa: E402  (after the environment is set)
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def num_devices():
+    assert jax.device_count() == 8, "tests expect 8 fake CPU devices; XLA_FLAGS was set too late"
+    return jax.device_count()

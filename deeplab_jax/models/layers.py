@@ -1,0 +1,277 @@
+"""Reusable DeepLab layers: atrous convolution, Conv+BN(+ReLU), Caffe pooling, input normalisation.
+
+Atrous ("with holes") convolution is the core of DeepLab (v2 paper, §3.1): a k x k filter applied
+with rate r samples its input every r pixels, so its field of view grows to k + (k - 1)(r - 1) with
+the same number of parameters. Here it is `jax.lax.conv_general_dilated(..., rhs_dilation=(r, r))`
+with the explicit symmetric padding r (k - 1) / 2 of the released Caffe models, which keeps the
+spatial size of stride-1 layers (§3.1, and the 4x4 fc6 kernels of Table 1, §4.1.1).
+
+Pooling follows Caffe (the released DeepLab models were trained in Caffe): max pooling ignores
+padded cells, output sizes use Caffe's ceil rule when `ceil_mode=True` (PyTorch's ceil_mode is the
+same rule), and average pooling divides by the window clipped at the padded border (Caffe's count).
+
+Parameters are float32 (`param_dtype`); `dtype` is the compute dtype (e.g. jnp.bfloat16).
+"""
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# RGB statistics of torchvision / ImageNet models; images are 0..255.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+# BGR mean subtracted by the released DeepLab Caffe models (no division by a std).
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
+INPUT_NORMS = ("imagenet", "caffe_bgr", "none")
+
+# He et al. (MSRA) normal init for convolutions, as Caffe's "msra" filler (fan-in).
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# Classifier init of the paper's release: gaussian std 0.01, bias 0.
+classifier_normal = nn.initializers.normal(stddev=0.01)
+
+
+def _channel_vector(values, ndim, dtype):
+    """A (1, ..., 1, C) array so that broadcasting needs no rank promotion."""
+    return jnp.asarray(values, dtype).reshape((1,) * (ndim - 1) + (len(values),))
+
+
+def normalize_images(images, mode, dtype=jnp.float32):
+    """Maps RGB images in 0..255 (uint8 or float, any leading dims, last dim 3) to network input.
+
+    mode: 'imagenet' ((x - mean) / std, RGB), 'caffe_bgr' (channels reversed to BGR, Caffe mean
+    subtracted, no std: the released DeepLab weights expect this), or 'none' (only cast).
+    The arithmetic is float32 whatever `dtype`; the result is cast to `dtype`.
+    """
+    if mode not in INPUT_NORMS:
+        raise ValueError(f"input_norm={mode!r} is unknown; use one of {INPUT_NORMS}")
+    if images.ndim < 1 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must have 3 (RGB) channels last, got shape {tuple(images.shape)}"
+        )
+    x = jnp.asarray(images).astype(jnp.float32)
+    if mode == "imagenet":
+        x = (x - _channel_vector(IMAGENET_MEAN_RGB, x.ndim, jnp.float32)) / _channel_vector(
+            IMAGENET_STD_RGB, x.ndim, jnp.float32
+        )
+    elif mode == "caffe_bgr":
+        x = jnp.flip(x, axis=-1) - _channel_vector(CAFFE_MEAN_BGR, x.ndim, jnp.float32)
+    return x.astype(dtype)
+
+
+def atrous_padding(kernel_size, rate):
+    """Symmetric padding r (k - 1) / 2 that keeps a stride-1 atrous conv size-preserving.
+
+    Raises for combinations where it is not an integer (e.g. a 4x4 kernel at an odd rate), which
+    would need asymmetric padding that the released models never used.
+    """
+    total = rate * (kernel_size - 1)
+    if total % 2:
+        raise ValueError(
+            f"kernel_size={kernel_size} with rate={rate} needs padding r*(k-1)/2 = {total / 2}, "
+            "which is not an integer; use an even rate for even kernels (Table 1 uses 4x4 with "
+            "r=4 or r=8) or pass an explicit `padding`"
+        )
+    return total // 2
+
+
+class Conv(nn.Module):
+    """2-D (atrous, grouped) convolution, NHWC input, HWIO 'kernel' and optional 'bias'.
+
+    `rate` is the atrous rate (rhs_dilation); `groups` is feature_group_count (groups = input
+    channels gives a depthwise conv). `padding`: None = symmetric rate*(k-1)/2 (Caffe's choice for
+    every DeepLab layer, also the strided ones), an int = symmetric, or a sequence of two (lo, hi)
+    pairs, or 'SAME'/'VALID' as lax understands them.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    rate: int = 1
+    groups: int = 1
+    use_bias: bool = True
+    padding: Any = None
+    kernel_init: Any = he_normal
+    bias_init: Any = nn.initializers.zeros
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        if x_BxHxWxC.ndim != 4:
+            raise ValueError(f"Conv expects NHWC input, got shape {x_BxHxWxC.shape}")
+        in_channels = x_BxHxWxC.shape[-1]
+        if in_channels % self.groups or self.features % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide input channels {in_channels} and "
+                f"features {self.features}"
+            )
+        k = self.kernel_size
+        kernel_HxWxIxO = self.param(
+            "kernel", self.kernel_init, (k, k, in_channels // self.groups, self.features),
+            self.param_dtype,
+        )
+        bias_O = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None
+        )
+        if self.padding is None:
+            pad = atrous_padding(k, self.rate)
+            padding = ((pad, pad), (pad, pad))
+        elif isinstance(self.padding, int):
+            padding = ((self.padding, self.padding),) * 2
+        else:
+            padding = self.padding
+        x, kernel, bias = nn.dtypes.promote_dtype(
+            x_BxHxWxC, kernel_HxWxIxO, bias_O, dtype=self.dtype
+        )
+        y = jax.lax.conv_general_dilated(
+            x, kernel,
+            window_strides=(self.stride, self.stride),
+            padding=padding,
+            rhs_dilation=(self.rate, self.rate),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+            precision=self.precision,
+        )
+        if bias is not None:
+            y = y + bias.reshape((1, 1, 1, self.features))
+        return y
+
+
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+    """How BatchNorm behaves; hashable so it can be a module attribute.
+
+    frozen=True: BN always normalises with its running averages (Caffe `use_global_stats: true`,
+    as in the DeepLab-v2 release) and never updates them; the optimizer freezes scale/bias by regex.
+    momentum 0.999 / eps 1e-5 are Caffe's BatchNorm defaults (moving_average_fraction, eps), used by
+    the released ResNet DeepLab models; Flax's momentum is the decay of the running average.
+    """
+
+    frozen: bool = False
+    momentum: float = 0.999
+    epsilon: float = 1e-5
+
+
+def batch_norm(norm, train, *, dtype=None, param_dtype=jnp.float32, scale_init=None, name=None):
+    """BatchNorm factory: running averages when not training or when `norm.frozen`.
+
+    No axis_name: under jax.jit with a sharded batch the statistics are already global.
+    """
+    kwargs = {} if scale_init is None else {"scale_init": scale_init}
+    return nn.BatchNorm(
+        use_running_average=(not train) or norm.frozen,
+        momentum=norm.momentum,
+        epsilon=norm.epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+        **kwargs,
+    )
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) -> BatchNorm -> optional ReLU; submodules 'conv' and 'bn'.
+
+    The Caffe ResNets use this unit everywhere (conv, BatchNorm + Scale layers, ReLU); the names
+    follow kazuto1011/deeplab-pytorch's `_ConvBnReLU` so weight import maps one to one.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    rate: int = 1
+    groups: int = 1
+    relu: bool = True
+    padding: Any = None
+    norm: NormConfig = NormConfig()
+    bn_scale_init: Any = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = Conv(
+            self.features, self.kernel_size, stride=self.stride, rate=self.rate,
+            groups=self.groups, use_bias=False, padding=self.padding, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="conv",
+        )(x)
+        x = batch_norm(
+            self.norm, train, dtype=self.dtype, param_dtype=self.param_dtype,
+            scale_init=self.bn_scale_init, name="bn",
+        )(x)
+        return nn.relu(x) if self.relu else x
+
+
+def pooled_size(size, window, stride, padding, ceil_mode):
+    """Output length of a pooling layer; ceil_mode=True is Caffe's rule (also PyTorch ceil_mode).
+
+    Caffe rounds up but drops a last window that would start in the right padding.
+    """
+    span = size + 2 * padding - window
+    if span < 0:
+        raise ValueError(f"pooling window {window} larger than padded input {size + 2 * padding}")
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if padding > 0 and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_padding(size, window, stride, padding, ceil_mode):
+    out = pooled_size(size, window, stride, padding, ceil_mode)
+    # Right padding so that exactly `out` windows fit (ceil mode may need more than `padding`).
+    high = max((out - 1) * stride + window - size - padding, 0)
+    return out, (padding, high)
+
+
+def max_pool(x_BxHxWxC, window=3, stride=2, padding=1, ceil_mode=True):
+    """Max pooling where padded cells never win (Caffe/PyTorch), with Caffe's size rule."""
+    _, height, width, _ = x_BxHxWxC.shape
+    _, pad_h = _pool_padding(height, window, stride, padding, ceil_mode)
+    _, pad_w = _pool_padding(width, window, stride, padding, ceil_mode)
+    # A Python scalar init lets JAX recognise the max monoid (reduce_window_max), which has a
+    # gradient; an array init would select the generic reduce_window, which has none.
+    return jax.lax.reduce_window(
+        x_BxHxWxC, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+        ((0, 0), pad_h, pad_w, (0, 0)),
+    )
+
+
+def _caffe_avg_counts(size, window, stride, padding, out):
+    """Caffe's per-window divisor: the window clipped to [-pad, size + pad), padding included."""
+    starts = np.arange(out) * stride - padding
+    ends = np.minimum(starts + window, size + padding)
+    return (ends - starts).astype(np.float32)
+
+
+def avg_pool(x_BxHxWxC, window=3, stride=1, padding=1, ceil_mode=True):
+    """Average pooling with Caffe's divisor (zeros of the padding count, cells beyond do not)."""
+    _, height, width, _ = x_BxHxWxC.shape
+    out_h, pad_h = _pool_padding(height, window, stride, padding, ceil_mode)
+    out_w, pad_w = _pool_padding(width, window, stride, padding, ceil_mode)
+    summed = jax.lax.reduce_window(
+        x_BxHxWxC, 0.0, jax.lax.add, (1, window, window, 1),
+        (1, stride, stride, 1), ((0, 0), pad_h, pad_w, (0, 0)),
+    )
+    counts_hxw = np.outer(
+        _caffe_avg_counts(height, window, stride, padding, out_h),
+        _caffe_avg_counts(width, window, stride, padding, out_w),
+    )
+    return summed / jnp.asarray(counts_hxw, summed.dtype).reshape((1, out_h, out_w, 1))
+
+
+def check_rates(rates: Sequence[int], what: str):
+    """Validates a tuple of atrous rates (positive ints)."""
+    rates = tuple(rates)
+    if not rates or any((not isinstance(r, (int, np.integer))) or r < 1 for r in rates):
+        raise ValueError(f"{what} must be a non-empty tuple of positive ints, got {rates!r}")
+    return rates

@@ -1,0 +1,28 @@
+"""Dense CRF post-processing (DeepLab v1/v2 §3.3; Krähenbühl & Koltun, NeurIPS 2011).
+
+    from deeplab_jax.crf import dense_crf, CRFParams
+    q = dense_crf(image_HxWx3_uint8, probs_HxWxK, params=CRFParams(), method="meanfield")
+
+`method="meanfield"`: pure JAX (jit, vmap, grad), on the default device. `method="permutohedral"`:
+exact host version in numpy/scipy (the reference for the other). `deeplab_jax.crf.tune` holds the
+paper's coarse-to-fine parameter search (§4.1.1).
+"""
+
+from deeplab_jax.crf.api import PROBS_SUM_TOLERANCE, dense_crf
+from deeplab_jax.crf.params import (
+    DEEPLAB_V1,
+    DEEPLAB_V1_RANGE,
+    DEEPLAB_V2,
+    PAPER_COARSE_GRID,
+    CRFParams,
+)
+
+__all__ = [
+    "CRFParams",
+    "DEEPLAB_V1",
+    "DEEPLAB_V1_RANGE",
+    "DEEPLAB_V2",
+    "PAPER_COARSE_GRID",
+    "PROBS_SUM_TOLERANCE",
+    "dense_crf",
+]

@@ -18,6 +18,13 @@ import jax  # noqa: E402  (after the environment is set)
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests build the same small models many times; the persistent cache turns repeated XLA compiles of
+# identical programs (seconds each on 2 cores) into file reads. A fresh directory per session keeps
+# runs independent.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="deeplab_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(scope="session")

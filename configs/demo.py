@@ -1,0 +1,43 @@
+"""Small DeepLab-v2 (ResNet + ASPP) on the embedded procedural demo data set, CPU-friendly.
+
+Command:
+  python -m deeplab_jax.main --config=configs/demo.py --workdir=/tmp/deeplab_demo
+Variants: `configs/demo.py:tiny` (a 1-2 minute smoke run on 'deeplab_demo/tiny').
+Expected result: see README.md ("Demo") for the measured val mIoU and wall time on 2 CPU cores.
+"""
+
+from deeplab_jax.config_base import base_config
+
+
+def get_config(variant: str = "default"):
+    config = base_config()
+    config.dataset.name = "demo"
+    config.model.name = "deeplab_v2_demo"
+    config.batch_size = 16
+    config.num_steps = 1500
+    config.input.crop_size = (129, 129)
+    config.input.scale_range = (0.75, 1.25)
+    config.input.pad_value = (124, 116, 104)
+    config.optim.name = "adamw"
+    config.optim.base_lr = 3e-3
+    config.optim.weight_decay = 1e-4
+    config.optim.warmup_steps = 100
+    config.optim.lr_multipliers = ()
+    config.eval.every_steps = 500
+    config.eval.batch_size = 32
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    if variant == "tiny":
+        config.dataset.tfds_name = "deeplab_demo/tiny"
+        config.batch_size = 8
+        config.num_steps = 6
+        config.eval.every_steps = 3
+        config.eval.batch_size = 8
+        config.log_every_steps = 2
+        config.checkpoint_every_steps = 3
+        config.predict.num_images = 2
+        config.model.overrides.widths = (8, 8, 16, 16)
+        config.model.overrides.stem_width = 8
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r} of configs/demo.py; use default or tiny")
+    return config

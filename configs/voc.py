@@ -1,0 +1,62 @@
+"""PASCAL VOC 2012 with the DeepLab-v1/v2 papers' settings (paper 002, §4.1).
+
+Commands (data from the official releases, see `deeplab_jax/data/datasets.py` for the layout):
+  python -m deeplab_jax.main --config=configs/voc.py --workdir=runs/voc_v2_aspp_l \
+      --config.dataset.manual_dir=/data/voc
+  python -m deeplab_jax.main --config=configs/voc.py:v1_largefov --workdir=runs/voc_v1
+Variants: v2_aspp_l (default), v2_aspp_s, v2_largefov, v2_msc, v1_largefov.
+Expected val mIoU (paper, before CRF, ImageNet-initialised; Tables 3-4): v1 LargeFOV 62.25 (VGG-16,
+train aug), v2 ResNet-101 LargeFOV 69.7-ish with MSC+COCO, ASPP-L 71.57 with MSC + COCO init and
+76.35 after CRF. Starting from ImageNet weights needs `--config.model.init_checkpoint=` (weights
+import, see README); from scratch the numbers are far lower.
+"""
+
+from deeplab_jax.config_base import base_config
+
+VARIANTS = ("v2_aspp_l", "v2_aspp_s", "v2_largefov", "v2_msc", "v1_largefov")
+
+
+def get_config(variant: str = "v2_aspp_l"):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of configs/voc.py; use one of {VARIANTS}")
+    config = base_config()
+    config.dataset.name = "voc2012_trainaug"  # 10,582 train images (VOC + SBD), 1,449 val
+    config.model.name = {
+        "v2_aspp_l": "deeplab_v2_resnet101_aspp_l",
+        "v2_aspp_s": "deeplab_v2_resnet101_aspp_s",
+        "v2_largefov": "deeplab_v2_resnet101_largefov",
+        "v2_msc": "deeplab_v2_resnet101_aspp_l",
+        "v1_largefov": "deeplab_v1_largefov",
+    }[variant]
+    if variant == "v2_msc":
+        config.model.overrides.msc_scales = (1.0, 0.75, 0.5)
+    # Paper §4.1.2: batch 10, 20k iterations, poly (power 0.9) from 1e-3, classifier 10x,
+    # momentum 0.9, weight decay 5e-4, random scale 0.5-1.5, crop 321, BN frozen (ResNet).
+    config.batch_size = 10
+    config.num_steps = 20000
+    config.input.crop_size = (321, 321)
+    config.input.scale_range = (0.5, 1.5)
+    config.input.pad_value = (123, 117, 104)  # the release's mean colour, RGB
+    config.optim.name = "sgd"
+    config.optim.base_lr = 1e-3
+    config.optim.schedule = "poly"
+    config.optim.poly_power = 0.9
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4
+    if variant == "v1_largefov":
+        # DeepLab-v1 (ICLR 2015): 'step' policy (x0.1 every 2000 iterations), batch 20, 6000 steps,
+        # fc8 10x; the v2 paper shows poly is better (§4.1.1) — switch with --config.optim.schedule.
+        config.batch_size = 20
+        config.num_steps = 6000
+        config.optim.schedule = "step"
+        config.optim.step_size = 2000
+        config.optim.lr_multipliers = (("^head/fc8/.*bias$", 20.0), ("^head/fc8/", 10.0))
+    else:
+        config.optim.lr_multipliers = (
+            ("^head/.*bias$", 20.0), ("^head/", 10.0),
+            ("/bn/", 0.0),  # BatchNorm frozen (bn_frozen=True in the model as well)
+        )
+    config.eval.every_steps = 2000
+    config.eval.batch_size = 8
+    config.checkpoint_every_steps = 1000
+    return config

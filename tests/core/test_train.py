@@ -1,0 +1,96 @@
+"""Training: golden first step, resume bit-identical, 8 devices == 1 device, loud failures."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from deeplab_jax import sharding, train, train_state
+from deeplab_jax.data import input_pipeline, sources
+
+
+def _final_params(workdir):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                    item_names=("state", "data"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return step, restored["state"]["params"]
+
+
+def test_resume_is_bit_identical(tiny_config, tmp_path):
+    """2 steps + resume + 2 steps == 4 uninterrupted steps, parameters equal bit for bit."""
+    config = tiny_config
+    config.optim.schedule = "constant"  # num_steps changes between the runs; the LR must not
+    config.optim.warmup_steps = 0
+    config.eval.every_steps = 1000
+    config.checkpoint_every_steps = 1000
+    config.predict.num_images = 0
+    config.num_steps = 4
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    config.num_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    config.num_steps = 4
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    step_a, params_a = _final_params(str(tmp_path / "straight"))
+    step_b, params_b = _final_params(str(tmp_path / "resumed"))
+    assert step_a == step_b == 4
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _one_step(config, devices):
+    mesh = sharding.create_mesh(devices)
+    descriptor = train_state.dataset_descriptor(config)
+    model = train_state.create_model(config, descriptor)
+    tx, schedule = train_state.create_optimizer(config, model, train.INIT_IMAGE_SIZE)
+    _, shardings = train_state.abstract_and_sharding(model, tx, train.INIT_IMAGE_SIZE, mesh)
+    state = train_state.create_state(model, tx, train.INIT_IMAGE_SIZE, mesh, seed=0)
+    source = sources.load_split(descriptor, "train", config.dataset.data_dir)
+    batch = next(iter(input_pipeline.create_train_dataset(
+        source, global_batch_size=config.batch_size, crop_size=(129, 129), seed=0)))
+    step = jax.jit(train.make_train_step(model, tx, schedule, config),
+                   in_shardings=(shardings, sharding.batch_sharding(mesh),
+                                 sharding.replicated(mesh)),
+                   out_shardings=(shardings, sharding.replicated(mesh)))
+    state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
+    return jax.device_get(state.params), {k: float(v) for k, v in metrics.items()}
+
+
+def test_sharded_step_on_8_devices_equals_1_device(tiny_config, num_devices):
+    tiny_config.optim.warmup_steps = 0
+    params_8, metrics_8 = _one_step(tiny_config, jax.devices())
+    params_1, metrics_1 = _one_step(tiny_config, jax.devices()[:1])
+    assert metrics_8["loss"] == pytest.approx(metrics_1["loss"], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(params_1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+# Golden values of the first step of configs/demo.py:tiny (seed 0). If a change was meant to alter
+# initialisation, data order, augmentation or the loss, re-run this test, check the new numbers are
+# sensible (loss near ln(8) = 2.08 at initialisation) and update them here.
+GOLDEN_FIRST_STEP = {"loss": 2.0484, "pixel_accuracy": 0.1672}
+
+
+def test_golden_first_step(tiny_config):
+    tiny_config.optim.warmup_steps = 0
+    _, metrics = _one_step(tiny_config, jax.devices())
+    for name, value in GOLDEN_FIRST_STEP.items():
+        assert metrics[name] == pytest.approx(value, abs=2e-3), (
+            f"first-step {name} changed: {metrics[name]:.4f} vs golden {value}; "
+            "see the comment above GOLDEN_FIRST_STEP")
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(tiny_config, tmp_path):
+    tiny_config.batch_size = 12
+    with pytest.raises(ValueError, match="multiple of 8"):
+        train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_non_finite_loss_names_the_step():
+    metrics = {"loss": jnp.float32(np.nan)}
+    with pytest.raises(FloatingPointError, match="step 7"):
+        train._check_finite(7, metrics)

@@ -1,0 +1,30 @@
+"""Cityscapes (fine), 19 classes at full resolution, DeepLab-v2 (paper 002, §4.4, Tables 8-9).
+
+Commands (data: leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip, extracted or not, layout
+in deeplab_jax/data/builders/cityscapes.py):
+  python -m deeplab_jax.main --config=configs/cityscapes.py --workdir=runs/cityscapes \
+      --config.dataset.manual_dir=/data/cityscapes
+Variants: v2_aspp_l (default), v2_largefov.
+Expected val mIoU (paper §4.4 / Table 9): full resolution +1.9 over half; ResNet-101 + LargeFOV
++2.6, ASPP +1.2, data augmentation +0.6, CRF +0.4, ending at 71.4 on val; 70.4 on the test server.
+
+The paper uses no multi-scale inputs here (GPU memory) and gives no crop size or schedule: random
+crops of the descriptor's 769x769 (scale 0.5-1.5), the §4.1.2 optimiser of configs/voc.py, and
+full 1024x2048 images at evaluation (the descriptor's eval size; lower config.eval.batch_size or
+use several devices if memory is short).
+"""
+
+from configs import voc
+
+VARIANTS = ("v2_aspp_l", "v2_largefov")
+
+
+def get_config(variant: str = "v2_aspp_l"):
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r} of configs/cityscapes.py; use one of {VARIANTS}")
+    config = voc.get_config(variant)
+    config.dataset.name = "cityscapes"  # 2,975 train / 500 val, 19 trainIds, 255 ignored
+    config.input.crop_size = None  # the descriptor's (769, 769)
+    config.eval.batch_size = 8
+    return config

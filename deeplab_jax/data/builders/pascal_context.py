@@ -1,0 +1,120 @@
+"""TFDS builder `pascal_context`: PASCAL-Context, 59 most frequent classes + background (60).
+
+Paper 002 §4.2 (following Mottaghi et al. 2014): whole-scene labels on the PASCAL VOC 2010 images;
+evaluated on the 59 most frequent classes plus one background class; train 4,998 / val 5,105 (the
+VOC 2010 ImageSets/Main train / val lists).
+
+Reads the release's full-label files trainval/<id>.mat ('LabelMap', uint16: 0 unlabelled, 1-459 =
+line numbers of labels.txt) and maps them to 0-59 by class name (label_maps.context_459_to_60):
+each of the 59 classes of 59_labels.txt gets its index (1-59), every other class and unlabelled
+pixels become 0 'background'. If the release's labels.txt / 59_labels.txt are in the manual
+directory they are checked against the transcribed lists and a mismatch stops the build.
+"""
+
+import os
+
+import numpy as np
+import scipy.io
+import tensorflow_datasets as tfds
+
+from deeplab_jax.data.builders import label_maps, validation
+from deeplab_jax.data.builders.manual import (
+    ExampleFiles,
+    ManualSegmentationBuilder,
+    first_existing,
+    read_id_list,
+)
+
+VOC2010_ROOT = "VOCdevkit/VOC2010"
+VOC2010_ARCHIVES = ("VOCtrainval_03-May-2010.tar",)
+CONTEXT_ROOT = "trainval"
+CONTEXT_ARCHIVES = ("trainval.tar.gz",)
+
+_LAYOUT = """\
+  <manual_dir>/trainval/<id>.mat                  (PASCAL-Context trainval.tar.gz, 'LabelMap')
+  <manual_dir>/labels.txt, 59_labels.txt          (optional: checked against the built-in lists)
+  <manual_dir>/VOCdevkit/VOC2010/JPEGImages/<id>.jpg
+  <manual_dir>/VOCdevkit/VOC2010/ImageSets/Main/{train,val}.txt
+  (or the archives trainval.tar.gz and VOCtrainval_03-May-2010.tar in <manual_dir>)"""
+
+INSTRUCTIONS = f"""\
+PASCAL-Context is not downloaded at run time. Put in the manual directory
+(--config.dataset.manual_dir):
+  trainval.tar.gz (+ labels.txt, 59_labels.txt)  https://cs.stanford.edu/~roozbeh/pascal-context/
+  VOCtrainval_03-May-2010.tar                     http://host.robots.ox.ac.uk/pascal/VOC/voc2010/
+Layout:
+{_LAYOUT}"""
+
+
+def parse_label_list(path: str):
+    """Names of a 'id: name' (or one name per line) list file, in file order."""
+    names = []
+    with open(path) as stream:
+        for line in stream:
+            if line.strip():
+                names.append(line.split(":", 1)[-1].strip())
+    return tuple(names)
+
+
+def load_label_map(path: str) -> np.ndarray:
+    try:
+        label_map = scipy.io.loadmat(path)["LabelMap"]
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise validation.BadExampleError(
+            path, f"not a readable PASCAL-Context .mat with 'LabelMap' ({error})") from error
+    if label_map.ndim != 2:
+        raise validation.BadExampleError(path, f"LabelMap has shape {label_map.shape}, not 2-D")
+    bad = np.unique(label_map[(label_map < 0) | (label_map > 459)])
+    if bad.size:
+        raise validation.BadExampleError(
+            path, f"LabelMap values {bad.tolist()[:10]} outside 0..459 (labels.txt has 459 classes)")
+    return label_map
+
+
+class PascalContext(ManualSegmentationBuilder):
+    """PASCAL-Context (VOC 2010 images), 59 classes + background; labels 0-59, no ignore pixels."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    NUM_CLASSES = 60
+    IMAGE_FORMAT = "jpeg"
+    OFFICIAL_SPLIT_SIZES = {"default": {"train": 4998, "val": 5105}}
+    HOMEPAGE = "https://cs.stanford.edu/~roozbeh/pascal-context/"
+
+    def _list_examples(self, manual_dir, dl_manager):
+        labels = self.locate(manual_dir, CONTEXT_ROOT, CONTEXT_ARCHIVES, dl_manager,
+                             members=(f"{CONTEXT_ROOT}/",))
+        voc = self.locate(manual_dir, VOC2010_ROOT, VOC2010_ARCHIVES, dl_manager,
+                          members=(f"{VOC2010_ROOT}/JPEGImages", f"{VOC2010_ROOT}/ImageSets/Main/"))
+        missing = [] if labels else [CONTEXT_ROOT]
+        missing += [os.path.join(VOC2010_ROOT, rel) for rel in
+                    ("JPEGImages", "ImageSets/Main/train.txt", "ImageSets/Main/val.txt")
+                    if voc is None or not os.path.exists(os.path.join(voc, rel))]
+        if missing:
+            raise validation.missing_files_error(self.name, manual_dir, missing, _LAYOUT,
+                                                 INSTRUCTIONS)
+        self._table = self._mapping_table(manual_dir)
+        return {split: [ExampleFiles(i, os.path.join(voc, "JPEGImages", f"{i}.jpg"),
+                                     os.path.join(labels, f"{i}.mat"))
+                        for i in read_id_list(os.path.join(voc, f"ImageSets/Main/{split}.txt"))]
+                for split in ("train", "val")}
+
+    def _mapping_table(self, manual_dir):
+        classes_459, classes_59 = label_maps.CONTEXT_459_CLASSES, label_maps.CONTEXT_59_CLASSES
+        for file_name, expected in (("labels.txt", classes_459), ("59_labels.txt", classes_59)):
+            path = first_existing(manual_dir, (file_name, os.path.join(CONTEXT_ROOT, file_name)))
+            if path and parse_label_list(path) != expected:
+                raise validation.BadExampleError(
+                    path, f"class list differs from the PASCAL-Context release's {file_name} "
+                          "built into deeplab_jax (label_maps.py); is this the official file?")
+        return label_maps.context_459_to_60(classes_459, classes_59)
+
+    def _load_example(self, files):
+        image_bytes, image = self.load_image(files.image_path)
+        if not os.path.isfile(files.label_path):
+            raise validation.BadExampleError(files.label_path, "file not found (the image is "
+                                             "listed in the VOC 2010 split but has no label file)")
+        label = self._table[load_label_map(files.label_path)]
+        return self.finish(files.example_id, image_bytes, image, label, files.image_path,
+                           files.label_path)

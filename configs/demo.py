@@ -7,12 +7,14 @@ Expected result: see README.md ("Demo") for the measured val mIoU and wall time 
 """
 
 from deeplab_jax.config_base import base_config
+from deeplab_jax.model_config import overrides_config
 
 
 def get_config(variant: str = "default"):
     config = base_config()
     config.dataset.name = "demo"
     config.model.name = "deeplab_v2_demo"
+    config.model.overrides = overrides_config(config.model.name)
     config.batch_size = 16
     config.num_steps = 1500
     config.input.crop_size = (129, 129)

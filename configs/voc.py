@@ -12,6 +12,7 @@ import, see README); from scratch the numbers are far lower.
 """
 
 from deeplab_jax.config_base import base_config
+from deeplab_jax.model_config import overrides_config
 
 VARIANTS = ("v2_aspp_l", "v2_aspp_s", "v2_largefov", "v2_msc", "v1_largefov")
 
@@ -28,6 +29,8 @@ def get_config(variant: str = "v2_aspp_l"):
         "v2_msc": "deeplab_v2_resnet101_aspp_l",
         "v1_largefov": "deeplab_v1_largefov",
     }[variant]
+    # Every keyword of the model factory, so --config.model.overrides.<name>= works.
+    config.model.overrides = overrides_config(config.model.name)
     if variant == "v2_msc":
         config.model.overrides.msc_scales = (1.0, 0.75, 0.5)
     # Paper §4.1.2: batch 10, 20k iterations, poly (power 0.9) from 1e-3, classifier 10x,

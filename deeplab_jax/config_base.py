@@ -72,6 +72,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.max_examples = 0  # 0 = the whole split
     config.eval.size = config_dict.placeholder(tuple)  # None = the descriptor's eval_size
     config.eval.num_overlays = 4  # prediction overlays written to TensorBoard per evaluation
+    # Test-time modes (deeplab_jax/inference.py): input scales and flip, fused by 'mean' (v3/v3+)
+    # or 'max' (v2 MSC); sliding windows (H, W) with a stride for large images (Cityscapes).
+    config.eval.scales = (1.0,)
+    config.eval.flip = False
+    config.eval.fusion = "mean"
+    config.eval.window_size = ()  # () = whole image
+    config.eval.window_stride = ()  # () = 2/3 of the window
+    # Trimap accuracy band widths in pixels (paper Fig. 10); () = off.
+    config.eval.trimap_widths = ()
 
     config.crf = ml_collections.ConfigDict()
     config.crf.enabled = False

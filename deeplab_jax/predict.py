@@ -1,4 +1,5 @@
-"""Segment images: python -m deeplab_jax.predict --config=... --workdir=... --input=DIR --output=DIR
+"""Segment images: python -m deeplab_jax.predict --config=... (--workdir=... | --weights=DIR)
+                   --input=IMAGE_OR_DIR --output=DIR [--crf] [--scales=0.5,0.75,1] [--flip]
 
 For every image (one file or a folder, any size) writes <stem>.png, the label map as a palette PNG
 (VOC colours; class ids exact), and <stem>_overlay.jpg, the classes blended over the image. Images
@@ -17,9 +18,7 @@ from absl import logging
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from deeplab_jax import visualize
-from deeplab_jax.losses import infer_output_stride
-from deeplab_jax.models.resize import upsample_logits
+from deeplab_jax import inference, visualize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 BUCKET = 64
@@ -36,19 +35,17 @@ class Predictor:
     """Full-resolution class probabilities and labels for single images of any size."""
 
     def __init__(self, model, variables, pad_value=(124, 116, 104), crf_params=None,
-                 crf_method="meanfield"):
+                 crf_method="meanfield", scales=(1.0,), flip=False, fusion="mean"):
         self.model = model
         self.variables = variables
         self.pad_value = np.asarray(pad_value, np.uint8)
         self.crf_params = crf_params
         self.crf_method = crf_method
+        self.options = dict(scales=tuple(scales), flip=flip, fusion=fusion)
         self._logits = jax.jit(self._logits_fn)
 
     def _logits_fn(self, variables, images_BxHxWx3):
-        logits = self.model.apply(variables, images_BxHxWx3, train=False)
-        height, width = images_BxHxWx3.shape[1:3]
-        stride = infer_output_stride(height, logits.shape[1])
-        return upsample_logits(logits, (height, width), output_stride=stride)
+        return inference.predict_logits(self.model, variables, images_BxHxWx3, **self.options)
 
     def probabilities(self, image_HxWx3):
         height, width = image_HxWx3.shape[:2]
@@ -106,14 +103,24 @@ def segment_files(predictor, files, output_dir, palette, progress=True):
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import app, flags
 
-    from deeplab_jax.evaluate import crf_params_from_config, load_trained
+    from deeplab_jax.evaluate import crf_params_from_config
+    from deeplab_jax.restore import load_converted, load_trained
 
     config = flags.FLAGS.config
-    model, variables, descriptor, _, _ = load_trained(config, flags.FLAGS.workdir)
+    if flags.FLAGS.weights:
+        model, variables, descriptor = load_converted(config, flags.FLAGS.weights)
+    elif flags.FLAGS.workdir:
+        model, variables, descriptor, _, _ = load_trained(config, flags.FLAGS.workdir)
+    else:
+        raise app.UsageError("give --workdir (trained checkpoints) or --weights (converted weights)")
     crf = crf_params_from_config(config.crf) if (flags.FLAGS.crf or config.crf.enabled) else None
-    predictor = Predictor(model, variables, tuple(config.input.pad_value), crf, config.crf.method)
+    scales = tuple(float(s) for s in flags.FLAGS.scales) if flags.FLAGS.scales else tuple(
+        config.eval.scales)
+    predictor = Predictor(model, variables, tuple(config.input.pad_value), crf, config.crf.method,
+                          scales=scales, flip=flags.FLAGS.flip or config.eval.flip,
+                          fusion=config.eval.fusion)
     files = list_images(flags.FLAGS.input)
     failures = segment_files(predictor, files, flags.FLAGS.output, descriptor.palette,
                              progress=sys.stderr.isatty())
@@ -131,9 +138,12 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "configuration file", lock_config=True)
     flags.DEFINE_string("workdir", None, "directory with the training checkpoints")
+    flags.DEFINE_string("weights", None, "converted weights (python -m deeplab_jax.weights.convert)")
     flags.DEFINE_string("input", None, "an image file or a directory of images")
     flags.DEFINE_string("output", None, "directory for the label PNGs and overlays")
     flags.DEFINE_bool("crf", False, "refine with the dense CRF (config.crf parameters)")
-    flags.mark_flags_as_required(["config", "workdir", "input", "output"])
+    flags.DEFINE_list("scales", [], "input scales, e.g. 0.5,0.75,1.0 (default config.eval.scales)")
+    flags.DEFINE_bool("flip", False, "also average left-right flipped predictions")
+    flags.mark_flags_as_required(["config", "input", "output"])
     logging.set_verbosity(logging.WARNING)
     app.run(main)

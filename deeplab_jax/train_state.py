@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deeplab_jax import models, optim, sharding
+from deeplab_jax import model_config, models, optim, sharding
 from deeplab_jax.data import datasets, sources
 
 
@@ -52,10 +52,7 @@ def load_source(config, descriptor, split):
 
 
 def model_overrides(config) -> dict:
-    overrides = config.model.overrides.to_dict()
-    if "dtype" in overrides and isinstance(overrides["dtype"], str):
-        overrides["dtype"] = jnp.dtype(overrides["dtype"])
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return model_config.effective_overrides(config.model.name, config.model.overrides.to_dict())
 
 
 def create_model(config, descriptor=None):

@@ -12,6 +12,16 @@ BatchNorm, each scale updates the running statistics in turn (the release freeze
 `bn_frozen=True`).
 
 Logits are returned in float32 whatever the compute `dtype`, so losses and the max fusion are exact.
+
+DeepLab-v3+ heads (`uses_low_level_features`) also receive the backbone's stride-4 endpoint
+(`backbone.LOW_LEVEL_ENDPOINT`), and their logits are at stride 4. With a PointRend `point_head`
+(Kirillov et al. 2019; `pointrend.py`):
+- `apply(v, images, train=False)` returns logits at the input resolution (B, H, W, K), refined by
+  adaptive subdivision from the coarse logits (MSC branches are each refined, then fused);
+- `apply(v, images, train=True, return_points=True, rngs={'points': key, 'dropout': key},
+  mutable=['batch_stats'])` returns {'logits': coarse (B, h, w, K), 'point_logits': (B, N, K),
+  'points': (B, N, 2) in [0, 1]} for `deeplab_jax.pointrend_loss.pointrend_loss`;
+- `train=True` without `return_points` returns the coarse logits only (the point head unused).
 """
 
 from typing import Any, Sequence
@@ -20,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deeplab_jax.models.layers import INPUT_NORMS, normalize_images
+from deeplab_jax.models.pointrend import point_sample, sample_training_points, subdivide
 from deeplab_jax.models.resize import resize_bilinear, scaled_size
 
 
@@ -37,10 +48,12 @@ def check_msc_scales(msc_scales):
 
 
 class DeepLab(nn.Module):
-    """images (B, H, W, 3) RGB 0..255 -> logits (B, h, w, K) at the backbone's output stride.
+    """images (B, H, W, 3) RGB 0..255 -> logits (B, h, w, K) at the model's logit stride.
 
-    `backbone(x, train)` returns features; `head(features, train)` returns class scores. Their
-    parameters live under 'backbone' and 'head'.
+    `backbone(x, train)` returns features (and `(features, endpoints)` with
+    `return_endpoints=True`); `head(features, train)` returns class scores, or
+    `head(features, low_level, train)` when the head `uses_low_level_features` (v3+). Their
+    parameters live under 'backbone', 'head' and 'point_head'.
     """
 
     backbone: nn.Module
@@ -48,12 +61,51 @@ class DeepLab(nn.Module):
     msc_scales: Sequence[float] = ()
     input_norm: str = "caffe_bgr"
     dtype: Any = jnp.float32
+    point_head: nn.Module | None = None
+
+    def _needs_low_level(self):
+        return bool(getattr(self.head, "uses_low_level_features", False)) or (
+            self.point_head is not None)
+
+    def _forward(self, x_BxHxWx3, train):
+        """(logits float32, stride-4 features or None)."""
+        x = x_BxHxWx3.astype(self.dtype)
+        if not self._needs_low_level():
+            return self.head(self.backbone(x, train=train), train=train).astype(jnp.float32), None
+        endpoint = getattr(self.backbone, "LOW_LEVEL_ENDPOINT", None)
+        if endpoint is None:
+            raise ValueError(
+                f"{type(self.backbone).__name__} has no stride-4 endpoint; the v3+ decoder and "
+                "PointRend need a ResNet or Xception backbone"
+            )
+        features, endpoints = self.backbone(x, train=train, return_endpoints=True)
+        low_level = endpoints[endpoint]
+        if getattr(self.head, "uses_low_level_features", False):
+            logits = self.head(features, low_level, train=train)
+        else:
+            logits = self.head(features, train=train)
+        return logits.astype(jnp.float32), low_level
 
     def _logits(self, x_BxHxWx3, train):
-        features = self.backbone(x_BxHxWx3.astype(self.dtype), train=train)
-        return self.head(features, train=train).astype(jnp.float32)
+        logits, low_level = self._forward(x_BxHxWx3, train)
+        if self.point_head is None or train:
+            return logits
+        return subdivide(logits, low_level, self.point_head, x_BxHxWx3.shape[1:3],
+                         self.point_head.subdivision_points)
 
-    def __call__(self, images_BxHxWx3, train=False, return_branches=False):
+    def _point_outputs(self, x_BxHxWx3, train):
+        if self.point_head is None:
+            raise ValueError("return_points=True needs a model built with pointrend=True")
+        logits, low_level = self._forward(x_BxHxWx3, train)
+        head = self.point_head
+        points_BxNx2 = sample_training_points(
+            logits, self.make_rng("points"), head.train_points, head.oversample_ratio,
+            head.importance_ratio)
+        point_logits = head(point_sample(low_level, points_BxNx2),
+                            point_sample(logits, points_BxNx2))
+        return {"logits": logits, "point_logits": point_logits, "points": points_BxNx2}
+
+    def __call__(self, images_BxHxWx3, train=False, return_branches=False, return_points=False):
         if images_BxHxWx3.ndim != 4 or images_BxHxWx3.shape[-1] != 3:
             raise ValueError(
                 f"images must be (B, H, W, 3) RGB in 0..255, got shape {images_BxHxWx3.shape}"
@@ -64,6 +116,13 @@ class DeepLab(nn.Module):
         # Normalise in float32 first: bilinear resizing commutes with the per-channel affine map,
         # and the Caffe release also shrinks the mean-subtracted data.
         x_BxHxWx3 = normalize_images(images_BxHxWx3, self.input_norm, jnp.float32)
+        if return_points:
+            if scales or return_branches:
+                raise ValueError(
+                    "return_points=True (PointRend training outputs) works without msc_scales "
+                    "and return_branches"
+                )
+            return self._point_outputs(x_BxHxWx3, train)
         if not scales:
             logits_BxhxwxK = self._logits(x_BxHxWx3, train)
             return (logits_BxhxwxK, [logits_BxhxwxK]) if return_branches else logits_BxhxwxK

@@ -28,7 +28,7 @@ IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 # BGR mean subtracted by the released DeepLab Caffe models (no division by a std).
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
-INPUT_NORMS = ("imagenet", "caffe_bgr", "none")
+INPUT_NORMS = ("imagenet", "caffe_bgr", "inception", "none")
 
 # He et al. (MSRA) normal init for convolutions, as Caffe's "msra" filler (fan-in).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -45,7 +45,8 @@ def normalize_images(images, mode, dtype=jnp.float32):
     """Maps RGB images in 0..255 (uint8 or float, any leading dims, last dim 3) to network input.
 
     mode: 'imagenet' ((x - mean) / std, RGB), 'caffe_bgr' (channels reversed to BGR, Caffe mean
-    subtracted, no std: the released DeepLab weights expect this), or 'none' (only cast).
+    subtracted, no std: the released DeepLab weights expect this), 'inception' (x / 127.5 - 1, the
+    [-1, 1] range of TF models/research/deeplab's Xception checkpoints), or 'none' (only cast).
     The arithmetic is float32 whatever `dtype`; the result is cast to `dtype`.
     """
     if mode not in INPUT_NORMS:
@@ -61,6 +62,8 @@ def normalize_images(images, mode, dtype=jnp.float32):
         )
     elif mode == "caffe_bgr":
         x = jnp.flip(x, axis=-1) - _channel_vector(CAFFE_MEAN_BGR, x.ndim, jnp.float32)
+    elif mode == "inception":
+        x = x / 127.5 - 1.0
     return x.astype(dtype)
 
 
@@ -143,6 +146,25 @@ class Conv(nn.Module):
         if bias is not None:
             y = y + bias.reshape((1, 1, 1, self.features))
         return y
+
+
+def remat_policy(remat):
+    """The `jax.checkpoint` policy of a model's `remat` setting (a truthy value turns remat on).
+
+    True or 'full': None, jax.checkpoint's default (save only the rematerialised module's inputs,
+    recompute everything inside it in the backward pass). A name from `jax.checkpoint_policies`
+    (e.g. 'dots_saveable': keep convolution and matmul outputs, recompute BatchNorm and ReLU).
+    """
+    if remat is True or remat == "full":
+        return None
+    policy = getattr(jax.checkpoint_policies, str(remat), None) if isinstance(remat, str) else None
+    if policy is None or not callable(policy) or str(remat).startswith("save_"):
+        names = sorted(n for n in dir(jax.checkpoint_policies)
+                       if not n.startswith(("_", "save_")) and "offload" not in n)
+        raise ValueError(
+            f"remat={remat!r} is unknown; use True/'full' or a jax.checkpoint_policies name: "
+            f"{', '.join(names)}")
+    return policy
 
 
 @dataclasses.dataclass(frozen=True)

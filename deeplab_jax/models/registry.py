@@ -1,4 +1,4 @@
-"""Named DeepLab-v1/v2 variants: `MODELS` (name -> factory) and `get_model`.
+"""Named DeepLab variants (v1, v2, v3, v3+): `MODELS` (name -> factory) and `get_model`.
 
 Every factory is `factory(num_classes, **overrides) -> flax.linen.Module` (a `DeepLab`). Overrides
 accepted by all of them: output_stride, msc_scales, bn_frozen, dtype, input_norm, dropout_rate,
@@ -10,6 +10,8 @@ Paper models (v2 paper §4.1.1 Table 1, §4.1.2 Tables 3-4) default to the relea
 'caffe_bgr' input, Caffe ceil-mode pooling, and for ResNet frozen BatchNorm (`use_global_stats`).
 Demo models are small basic-block ResNets trained from scratch on the procedural demo data set:
 'imagenet' input, trainable BN (momentum 0.9), torchvision (floor) pooling.
+The v3/v3+ builders live in `registry_v3` (their overrides include aspp_rates at output stride 16,
+decoder, aspp_separable, decoder_separable, extra_conv3x3 and pointrend; see there).
 
 Output size: logit i sits on input pixel i * output_stride. With floor pooling (demo models) there
 are len(range(0, H, os)) logits for every H, so labels[:, ::os, ::os] match. The Caffe ceil-mode
@@ -29,6 +31,7 @@ from deeplab_jax.models.deeplab import DeepLab, check_msc_scales
 from deeplab_jax.models.heads.aspp import ASPP_L_RATES, ASPP_S_RATES, LARGEFOV_RATES, ASPPV2
 from deeplab_jax.models.heads.largefov import FCHead, VGGASPPHead
 from deeplab_jax.models.layers import NormConfig
+from deeplab_jax.models.registry_v3 import build_v3_resnet_deeplab, build_v3_xception_deeplab
 
 
 def build_vgg_deeplab(
@@ -129,6 +132,15 @@ _DEMO = dict(
     stage_sizes=(1, 1, 1, 1), block="basic", stride_on_3x3=True, pool_ceil_mode=False,
     aspp_rates=(1, 2, 3, 4), bn_frozen=False, bn_momentum=0.9, input_norm="imagenet",
 )
+# Demo v3/v3+: the v2 demo trunk; one block in the last stage, so no multi-grid; small ASPP rates
+# for 129 px crops (9x9 features at OS 16); 64-channel ASPP and decoder; the 16 stride-4 channels
+# are kept at 16 (about 1:4 against the encoder, as 48:256). Dense 3x3 convs: on XLA CPU a train
+# step with separable ones was 3-4x slower (depthwise convolutions), for fewer parameters.
+_V3_DEMO = dict(
+    stage_sizes=(1, 1, 1, 1), block="basic", stride_on_3x3=True, pool_ceil_mode=False,
+    multi_grid=(), aspp_rates=(1, 2, 3), aspp_features=64, decoder_features=64,
+    decoder_low_level_features=16, bn_frozen=False, bn_momentum=0.9, input_norm="imagenet",
+)
 
 MODELS = {
     "deeplab_v1_largefov": _variant(
@@ -175,6 +187,32 @@ MODELS = {
         build_resnet_deeplab,
         "Demo, wider: basic-block ResNet 24-48-96-192, OS 8, ASPP r=1..4 (~0.77M).",
         widths=(24, 48, 96, 192), **_DEMO),
+    "deeplab_v3_resnet50": _variant(
+        build_v3_resnet_deeplab,
+        "DeepLab-v3: ResNet-50, multi-grid (1, 2, 4), OS 16, BN-ASPP r=6,12,18 + image pooling.",
+        **_RESNET50),
+    "deeplab_v3_resnet101": _variant(
+        build_v3_resnet_deeplab,
+        "DeepLab-v3: ResNet-101, multi-grid (1, 2, 4), OS 16, BN-ASPP r=6,12,18 + image pooling.",
+        **_RESNET101),
+    "deeplab_v3plus_resnet50": _variant(
+        build_v3_resnet_deeplab, "DeepLab-v3+: ResNet-50 v3 encoder + decoder (stride-4 logits).",
+        decoder=True, **_RESNET50),
+    "deeplab_v3plus_resnet101": _variant(
+        build_v3_resnet_deeplab, "DeepLab-v3+: ResNet-101 v3 encoder + decoder (stride-4 logits).",
+        decoder=True, **_RESNET101),
+    "deeplab_v3plus_xception65": _variant(
+        build_v3_xception_deeplab,
+        "DeepLab-v3+: aligned Xception-65, separable ASPP and decoder, OS 16 (the TF release).",
+        decoder=True),
+    "deeplab_v3_demo": _variant(
+        build_v3_resnet_deeplab,
+        "Demo v3: v2 demo trunk (basic 16-32-64-128), OS 16, 64-ch BN-ASPP r=1,2,3 (~0.57M).",
+        widths=(16, 32, 64, 128), **_V3_DEMO),
+    "deeplab_v3plus_demo": _variant(
+        build_v3_resnet_deeplab,
+        "Demo v3+: the v3 demo encoder + 64-ch decoder, stride-4 logits (~0.65M).",
+        widths=(16, 32, 64, 128), decoder=True, **_V3_DEMO),
 }
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import ConvBN, NormConfig, max_pool
+from deeplab_jax.models.layers import ConvBN, NormConfig, max_pool, remat_policy
 
 STEM_STRIDE = 4  # conv1 stride 2 x max-pool stride 2
 OUTPUT_STRIDES = (4, 8, 16, 32)
@@ -166,7 +166,7 @@ class ResStage(nn.Module):
     first_projection: bool = True
     stride_on_3x3: bool = False
     zero_init_last_bn: bool = False
-    remat: bool = False
+    remat: bool | str = False  # True / 'full' or a jax.checkpoint_policies name (remat_policy)
     norm: NormConfig = NormConfig()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -176,7 +176,7 @@ class ResStage(nn.Module):
         block_cls, expansion = BLOCKS[self.block]
         if self.remat:
             # Argument 2 counts the module itself: (self, x, train); `train` must stay static.
-            block_cls = nn.remat(block_cls, static_argnums=(2,))
+            block_cls = nn.remat(block_cls, static_argnums=(2,), policy=remat_policy(self.remat))
         out_features = self.width * expansion
         for j, (stride, strided_rate, rate) in enumerate(self.schedule):
             x = block_cls(
@@ -193,7 +193,13 @@ class ResNet(nn.Module):
     """Atrous ResNet trunk; returns the last stage's features at `output_stride`.
 
     Defaults are DeepLab-v2's ResNet-101 (Caffe layout, output stride 8).
+    `__call__(x, train, return_endpoints=True)` returns `(features, endpoints)` where endpoints maps
+    'stem', 'layer2' ... 'layer5' to each stage's output; 'layer2' (stride 4, torchvision's layer1,
+    Caffe res2) is `LOW_LEVEL_ENDPOINT`, the low-level features of the v3+ decoder (v3+ paper §4.1
+    "Conv2") and the fine-grained features of PointRend (Kirillov et al. 2019, §4 "res2").
     """
+
+    LOW_LEVEL_ENDPOINT = "layer2"
 
     stage_sizes: Sequence[int] = (3, 4, 23, 3)
     widths: Sequence[int] = (64, 128, 256, 512)
@@ -204,13 +210,13 @@ class ResNet(nn.Module):
     stride_on_3x3: bool = False
     pool_ceil_mode: bool = True
     zero_init_last_bn: bool = False
-    remat: bool = False
+    remat: bool | str = False  # True / 'full' or a jax.checkpoint_policies name (remat_policy)
     norm: NormConfig = NormConfig()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWx3, train=False):
+    def __call__(self, x_BxHxWx3, train=False, return_endpoints=False):
         if self.block not in BLOCKS:
             raise ValueError(f"block={self.block!r} is unknown; use one of {tuple(BLOCKS)}")
         if len(tuple(self.widths)) != 4:
@@ -219,6 +225,7 @@ class ResNet(nn.Module):
         unit = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
         expansion = BLOCKS[self.block][1]
         x = Stem(self.stem_width, self.pool_ceil_mode, name="stem", **unit)(x_BxHxWx3, train)
+        endpoints = {"stem": x}
         for stage, (width, blocks) in enumerate(zip(self.widths, schedule)):
             # layer2 keeps the resolution (projection only if the width changes); layer3-5 halve
             # it on ImageNet, so their first block always projects (Caffe res{3,4,5}a_branch1).
@@ -229,7 +236,8 @@ class ResNet(nn.Module):
                 zero_init_last_bn=self.zero_init_last_bn, remat=self.remat,
                 name=f"layer{stage + 2}", **unit,
             )(x, train)
-        return x
+            endpoints[f"layer{stage + 2}"] = x
+        return (x, endpoints) if return_endpoints else x
 
 
 class Stem(nn.Module):

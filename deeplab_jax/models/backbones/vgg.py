@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import Conv, max_pool
+from deeplab_jax.models.layers import Conv, max_pool, remat_policy
 
 # (block name, number of convs, channels) of VGG-16.
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -43,7 +43,7 @@ class VGG16(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWx3, train=False):
         del train  # no BatchNorm or dropout in the VGG trunk
-        conv_cls = nn.remat(ConvReLU) if self.remat else ConvReLU
+        conv_cls = nn.remat(ConvReLU, policy=remat_policy(self.remat)) if self.remat else ConvReLU
         x = x_BxHxWx3
         for block, num_convs, channels in VGG16_BLOCKS:
             rate = self.conv5_rate if block == 5 else 1

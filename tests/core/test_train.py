@@ -94,3 +94,31 @@ def test_non_finite_loss_names_the_step():
     metrics = {"loss": jnp.float32(np.nan)}
     with pytest.raises(FloatingPointError, match="step 7"):
         train._check_finite(7, metrics)
+
+
+def test_training_starts_from_converted_weights(tiny_config, tmp_path):
+    """config.model.init_checkpoint: saved variables replace the fresh ones (head kept if absent)."""
+    from deeplab_jax import weights
+
+    mesh = sharding.create_mesh()
+    descriptor = train_state.dataset_descriptor(tiny_config)
+    model = train_state.create_model(tiny_config, descriptor)
+    tx, _ = train_state.create_optimizer(tiny_config, model, train.INIT_IMAGE_SIZE)
+    _, shardings = train_state.abstract_and_sharding(model, tx, train.INIT_IMAGE_SIZE, mesh)
+    fresh = train_state.create_state(model, tx, train.INIT_IMAGE_SIZE, mesh, seed=0)
+    other = train_state.create_state(model, tx, train.INIT_IMAGE_SIZE, mesh, seed=5)
+    saved = {"params": {"backbone": jax.device_get(other.params["backbone"])},
+             "batch_stats": jax.device_get(other.batch_stats)}
+    weights.save_variables(str(tmp_path / "init"), saved)
+    state = train._load_init_weights(fresh, str(tmp_path / "init"), shardings)
+    for a, b in zip(jax.tree.leaves(state.params["backbone"]),
+                    jax.tree.leaves(other.params["backbone"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(state.params["head"]), jax.tree.leaves(fresh.params["head"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A tensor of the wrong shape is an error naming it.
+    bad = {"params": {"head": jax.tree.map(lambda x: np.zeros((1,) + x.shape),
+                                           jax.device_get(fresh.params["head"]))}}
+    weights.save_variables(str(tmp_path / "bad"), bad)
+    with pytest.raises(weights.WeightImportError, match="head"):
+        train._load_init_weights(fresh, str(tmp_path / "bad"), shardings)

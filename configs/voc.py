@@ -14,7 +14,10 @@ import, see README); from scratch the numbers are far lower.
 from deeplab_jax.config_base import base_config
 from deeplab_jax.model_config import overrides_config
 
-VARIANTS = ("v2_aspp_l", "v2_aspp_s", "v2_largefov", "v2_msc", "v1_largefov")
+VARIANTS = ("v2_aspp_l", "v2_aspp_s", "v2_largefov", "v2_msc", "v1_largefov", "v3", "v3plus",
+            "v3plus_xception65")
+V3_MODELS = {"v3": "deeplab_v3_resnet101", "v3plus": "deeplab_v3plus_resnet101",
+             "v3plus_xception65": "deeplab_v3plus_xception65"}
 
 
 def get_config(variant: str = "v2_aspp_l"):
@@ -22,6 +25,8 @@ def get_config(variant: str = "v2_aspp_l"):
         raise ValueError(f"unknown variant {variant!r} of configs/voc.py; use one of {VARIANTS}")
     config = base_config()
     config.dataset.name = "voc2012_trainaug"  # 10,582 train images (VOC + SBD), 1,449 val
+    if variant in V3_MODELS:
+        return _v3_config(config, variant)
     config.model.name = {
         "v2_aspp_l": "deeplab_v2_resnet101_aspp_l",
         "v2_aspp_s": "deeplab_v2_resnet101_aspp_s",
@@ -62,4 +67,33 @@ def get_config(variant: str = "v2_aspp_l"):
     config.eval.every_steps = 2000
     config.eval.batch_size = 8
     config.checkpoint_every_steps = 1000
+    return config
+
+
+def _v3_config(config, variant):
+    """DeepLab-v3 / v3+ (v3 paper §4, v3+ paper §4; TF models/research/deeplab's VOC recipe).
+
+    Output stride 16 for training and 8 for evaluation with the same weights, BatchNorm trained
+    (batch 16 on an accelerator), crop 513, random scale 0.5-2.0, poly from 0.007, momentum 0.9,
+    weight decay 4e-5, 30k steps, no classifier LR multiplier. The paper numbers add multi-scale
+    (0.5-1.75) + flip evaluation: --config.eval.scales="(0.5,0.75,1.0,1.25,1.5,1.75)"
+    --config.eval.flip=True. Expected val mIoU (ImageNet-initialised, trainaug, OS 8 eval):
+    v3 ResNet-101 77.21 single-scale / 79.77 MS+flip (v3 Table 4); v3+ Xception-65 82.20 (TF
+    model zoo, COCO + JFT pre-training; from ImageNet lower).
+    """
+    config.model.name = V3_MODELS[variant]
+    config.model.overrides = overrides_config(config.model.name)  # OS 16, multi-grid, BN trained
+    config.batch_size = 16
+    config.num_steps = 30000
+    config.input.crop_size = (513, 513)
+    config.input.scale_range = (0.5, 2.0)
+    config.optim.name = "sgd"
+    config.optim.base_lr = 0.007
+    config.optim.schedule = "poly"
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 4e-5
+    config.optim.lr_multipliers = ()
+    config.eval.output_stride = 8
+    config.eval.every_steps = 5000
+    config.checkpoint_every_steps = 2000
     return config

@@ -38,20 +38,17 @@ REFINE_STEPS = {"bi_w": 0.5, "bi_xy_std": 5.0, "bi_rgb_std": 0.5, "pos_w": 0.0, 
 
 
 def _scoring():
-    """(confusion_matrix, miou): the project's `deeplab_jax.metrics` when present and usable here
-    (jittable, same call), else the local ones in `deeplab_jax.crf.confusion`."""
-    from deeplab_jax.crf import confusion
+    """(confusion_matrix, miou) of the project's metrics: jittable counts, host mIoU."""
+    from deeplab_jax import metrics
 
-    try:
-        from deeplab_jax import metrics
+    def confusion_matrix(labels, predictions, num_classes, ignore_label):
+        return metrics.confusion_matrix(labels, predictions, num_classes,
+                                        ignore_label=ignore_label)
 
-        labels = jnp.array([[0, 1], [1, 255]])
-        counts = jax.jit(lambda a, b: metrics.confusion_matrix(a, b, 2, 255))(labels, labels)
-        if np.asarray(counts).shape == (2, 2) and np.isclose(float(metrics.miou(counts)), 1.0):
-            return metrics.confusion_matrix, metrics.miou
-    except Exception:  # absent or with another interface: use ours
-        pass
-    return confusion.confusion_matrix, confusion.miou
+    def miou(confusion_KxK):
+        return metrics.iou_from_confusion(np.asarray(jax.device_get(confusion_KxK)))["miou"]
+
+    return confusion_matrix, miou
 
 
 @dataclasses.dataclass

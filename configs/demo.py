@@ -2,12 +2,16 @@
 
 Command:
   python -m deeplab_jax.main --config=configs/demo.py --workdir=/tmp/deeplab_demo
-Variants: `configs/demo.py:tiny` (a 1-2 minute smoke run on 'deeplab_demo/tiny').
+Variants: `configs/demo.py:tiny` (a 1-2 minute smoke run on 'deeplab_demo/tiny'); `:v3plus` (the
+v3+ demo model: BN-ASPP with image pooling and the decoder); `:v3plus_pointrend` (with PointRend).
 Expected result: see README.md ("Demo") for the measured val mIoU and wall time on 2 CPU cores.
 """
 
 from deeplab_jax.config_base import base_config
 from deeplab_jax.model_config import overrides_config
+
+
+VARIANTS = ("default", "tiny", "v3plus", "v3plus_pointrend")
 
 
 def get_config(variant: str = "default"):
@@ -40,6 +44,14 @@ def get_config(variant: str = "default"):
         config.predict.num_images = 2
         config.model.overrides.widths = (8, 8, 16, 16)
         config.model.overrides.stem_width = 8
+    elif variant in ("v3plus", "v3plus_pointrend"):
+        # DeepLab-v3+ (decoder on stride-4 features) with the same demo trunk and recipe.
+        config.model.name = "deeplab_v3plus_demo"
+        config.model.overrides = overrides_config(config.model.name)
+        if variant == "v3plus_pointrend":
+            config.model.overrides.pointrend = True
+            config.model.overrides.pointrend_points = 512
+            config.model.overrides.pointrend_subdivision_points = 4096
     elif variant != "default":
-        raise ValueError(f"unknown variant {variant!r} of configs/demo.py; use default or tiny")
+        raise ValueError(f"unknown variant {variant!r} of configs/demo.py; use one of {VARIANTS}")
     return config

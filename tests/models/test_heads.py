@@ -112,3 +112,27 @@ def test_vgg_aspp_head_sums_fc_branches():
         for i, rate in enumerate((1, 2))
     )
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rates,size", [((6, 12, 18, 24), 9), ((2, 4, 8, 12), 13), ((12,), 5),
+                                        ((1, 2, 3, 4), 17)])
+def test_aspp_v2_taps_formulation_equals_atrous_convolutions(rates, size):
+    """The 'taps' matmul formulation equals one conv per branch: same params, same outputs, grads."""
+    from deeplab_jax.models.heads.aspp import ASPPV2
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size + 2, 16)), jnp.float32)
+    taps, conv = ASPPV2(5, rates, implementation="taps"), ASPPV2(5, rates, implementation="conv")
+    variables = conv.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, taps.init(jax.random.key(0), x)) == \
+        jax.tree.map(jnp.shape, variables)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero biases
+    np.testing.assert_allclose(np.asarray(taps.apply(variables, x)),
+                               np.asarray(conv.apply(variables, x)), rtol=1e-5, atol=1e-5)
+
+    def loss(model, v):
+        return jnp.sum(model.apply(v, x) ** 2)
+
+    grads_taps = jax.grad(lambda v: loss(taps, v))(variables)
+    grads_conv = jax.grad(lambda v: loss(conv, v))(variables)
+    for a, b in zip(jax.tree.leaves(grads_taps), jax.tree.leaves(grads_conv)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)

@@ -19,20 +19,24 @@ def get_config(variant: str = "default"):
     config.dataset.name = "demo"
     config.model.name = "deeplab_v2_demo"
     config.model.overrides = overrides_config(config.model.name)
-    config.batch_size = 16
-    config.num_steps = 1500
+    # Small batches and a high LR: on 2 CPU cores the budget is optimiser steps, and b8 x 2 steps
+    # beat b16 x 1 step on the same images (experiments/README.md).
+    config.batch_size = 8
+    config.num_steps = 2500
     config.input.crop_size = (129, 129)
     config.input.scale_range = (0.75, 1.25)
     config.input.pad_value = (124, 116, 104)
     config.optim.name = "adamw"
-    config.optim.base_lr = 3e-3
+    config.optim.base_lr = 1e-2
     config.optim.weight_decay = 1e-4
     config.optim.warmup_steps = 100
     config.optim.lr_multipliers = ()
-    config.eval.every_steps = 500
+    # Background covers ~75% of pixels; down-weighting it lifts the object classes early on.
+    config.loss.class_weights = (0.3,) + (1.0,) * 7
+    config.eval.every_steps = 1000
     config.eval.batch_size = 32
     config.log_every_steps = 50
-    config.checkpoint_every_steps = 500
+    config.checkpoint_every_steps = 1000
     if variant == "tiny":
         config.dataset.tfds_name = "deeplab_demo/tiny"
         config.batch_size = 8

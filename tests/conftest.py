@@ -31,3 +31,27 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 def num_devices():
     assert jax.device_count() == 8, "tests expect 8 fake CPU devices; XLA_FLAGS was set too late"
     return jax.device_count()
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+    """TFDS data dir holding 'deeplab_demo/tiny' (48 train / 16 val), built once per session."""
+    import dataclasses
+
+    from deeplab_jax.data import datasets, sources
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    descriptor = dataclasses.replace(datasets.get_dataset("demo"), tfds_name="deeplab_demo/tiny")
+    sources.prepare(descriptor, data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(demo_data_dir):
+    """configs/demo.py:tiny reading the session's tiny demo data, without a progress bar."""
+    from configs import demo as demo_config
+
+    config = demo_config.get_config("tiny")
+    config.dataset.data_dir = demo_data_dir
+    config.progress_bar = False
+    return config

@@ -25,7 +25,10 @@ NUM_CLASSES = len(CLASS_NAMES)
 IGNORE_LABEL = 255
 IMAGE_SIZE = 129  # 8k+1: logit i sits exactly on pixel 8i (as 321 and 513 in the paper)
 MIN_RADIUS, MAX_RADIUS = 9.0, 36.0  # diameters 18..72 px: a 4x range of scales
-OBJECTS_PER_IMAGE = (3, 6)
+OBJECTS_PER_IMAGE = (2, 5)
+# An object's colour differs from the mean of what it covers by at least this RGB distance, so its
+# shape is visible (as objects in photographs mostly are); the contrast is still often low.
+MIN_CONTRAST = 90.0
 
 _DISC, _SQUARE, _TRIANGLE, _RING, _STAR, _BAR, _CROSS = range(1, 8)
 
@@ -95,14 +98,23 @@ def _smooth_noise(rng, size: int, cells: int, channels: int) -> np.ndarray:
     return np.clip(field.reshape(size, size, channels), 0.0, 1.0)
 
 
-def _texture(rng, size: int) -> np.ndarray:
+def _contrasting_colour(rng, covered_rgb: np.ndarray) -> np.ndarray:
+    """A random colour at least MIN_CONTRAST away from `covered_rgb` (rejection sampling)."""
+    for _ in range(32):
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        if np.linalg.norm(colour - covered_rgb) >= MIN_CONTRAST:
+            return colour
+    return (255.0 - covered_rgb).astype(np.float32)  # the complement is always far enough
+
+
+def _texture(rng, size: int, covered_rgb: np.ndarray) -> np.ndarray:
     """An object's fill: a random colour, plain, striped, or speckled (float [size, size, 3])."""
-    base = rng.uniform(0, 255, 3).astype(np.float32)
+    base = _contrasting_colour(rng, covered_rgb)
     kind = rng.integers(3)
     if kind == 0:
         return np.broadcast_to(base, (size, size, 3)).copy()
     if kind == 1:
-        other = rng.uniform(0, 255, 3).astype(np.float32)
+        other = _contrasting_colour(rng, covered_rgb)
         period, angle = rng.uniform(4, 12), rng.uniform(0, np.pi)
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         phase = (xx * np.cos(angle) + yy * np.sin(angle)) / period
@@ -152,7 +164,7 @@ def generate_example(seed: int, split: str, index: int, size: int = IMAGE_SIZE):
         mask = _shape_mask(cls, radius, centre, rng.uniform(0, 2 * np.pi), rng, size)
         if mask.sum() < 30:  # clipped away at the border: nothing recognisable left
             continue
-        fill = _texture(rng, size)
+        fill = _texture(rng, size, image[mask].mean(axis=0))
         # Soft edge so boundaries are not perfectly crisp (as in photographs).
         alpha = cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0.7)[..., None]
         image = image * (1 - alpha) + fill * alpha

@@ -62,9 +62,14 @@ def _one_step(config, devices):
 
 def test_sharded_step_on_8_devices_equals_1_device(tiny_config, num_devices):
     tiny_config.optim.warmup_steps = 0
+    # SGD: the update is proportional to the gradient. Adam's first update is lr * g / |g|, which
+    # turns float32 noise in near-zero gradients into differences of up to lr.
+    tiny_config.optim.name = "sgd"
     params_8, metrics_8 = _one_step(tiny_config, jax.devices())
     params_1, metrics_1 = _one_step(tiny_config, jax.devices()[:1])
-    assert metrics_8["loss"] == pytest.approx(metrics_1["loss"], rel=1e-5)
+    # Float32 sums in another order (per-device partial sums, all-reduced) differ at ~1e-5; a
+    # sharding error (a batch half-seen, statistics of one device) moves the loss by percents.
+    assert metrics_8["loss"] == pytest.approx(metrics_1["loss"], rel=5e-5)
     for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(params_1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
@@ -72,7 +77,7 @@ def test_sharded_step_on_8_devices_equals_1_device(tiny_config, num_devices):
 # Golden values of the first step of configs/demo.py:tiny (seed 0). If a change was meant to alter
 # initialisation, data order, augmentation or the loss, re-run this test, check the new numbers are
 # sensible (loss near ln(8) = 2.08 at initialisation) and update them here.
-GOLDEN_FIRST_STEP = {"loss": 2.0484, "pixel_accuracy": 0.1672}
+GOLDEN_FIRST_STEP = {"loss": 2.0620, "pixel_accuracy": 0.1640}
 
 
 def test_golden_first_step(tiny_config):

@@ -27,8 +27,11 @@ class DemoConfig(tfds.core.BuilderConfig):
 class DeeplabDemo(tfds.core.GeneratorBasedBuilder):
     """Shapes defined by outline (disc, square, triangle, ring, star, bar, cross) on clutter."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "2-5 objects per image (was 3-6); object colours contrast with what they cover.",
+    }
     BUILDER_CONFIGS = [
         DemoConfig(name="default", description="3,000 train / 300 val images of 129x129"),
         DemoConfig(name="tiny", description="48 train / 16 val images, for tests", num_train=48,

@@ -8,11 +8,14 @@ rate case (3x3, rate 12, §4.1.2 "Employing LargeFOV"). Branches are named c0..c
 names; Caffe's fc1_voc12_c0..c3) and initialised N(0, 0.01) with zero bias as in the release.
 
 Two equal formulations (tested equal; same parameters): 'conv' runs one atrous convolution per
-branch (lax.conv_general_dilated with rhs_dilation); 'taps' (default) multiplies the features once
-by all branches' taps stacked as one C x (n k k K) matrix and adds the k*k shifted slices of each
-branch. A 3x3 conv with only K = 21 outputs uses the CPU poorly, and its weight gradient through a
-dilated convolution worse; one wide matrix product does not. Measured on the 2-core CPU (2048 -> 21
-channels at 41x41, rate 12, jaxlib 0.10.2): forward 153 -> 48 ms, backward 640 -> 138 ms per branch.
+branch (lax.conv_general_dilated with rhs_dilation); 'taps' multiplies the features once by all
+branches' taps stacked as one C x (n k k K) matrix and adds the k*k shifted slices of each branch.
+Which is faster depends on the input width C (2-core CPU, jaxlib 0.10.2): with C = 2048 (ResNet,
+2048 -> 21 at 41x41, rate 12) a 3x3 conv with only K = 21 outputs uses the CPU poorly and its
+weight gradient through a dilated convolution worse, and 'taps' wins (forward 153 -> 48 ms,
+backward 640 -> 138 ms per branch); with C = 128 (the demo model, 17x17, batch 8) the 36 shifted
+slices and their transposes dominate, and 'conv' makes the whole train step 2.6x faster (377 ->
+146 ms). 'auto' (default) picks 'taps' from TAPS_MIN_CHANNELS input channels on.
 """
 
 from typing import Any, Sequence
@@ -22,7 +25,8 @@ import jax.numpy as jnp
 
 from deeplab_jax.models.layers import Conv, check_rates, classifier_normal
 
-IMPLEMENTATIONS = ("taps", "conv")
+IMPLEMENTATIONS = ("auto", "taps", "conv")
+TAPS_MIN_CHANNELS = 1024  # between the two measured widths above (128: conv, 2048: taps)
 
 
 class _ClassifierParams(nn.Module):
@@ -74,7 +78,7 @@ class ASPPV2(nn.Module):
     rates: Sequence[int] = ASPP_L_RATES
     kernel_size: int = 3
     dropout_rate: float = 0.0
-    implementation: str = "taps"
+    implementation: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -88,7 +92,11 @@ class ASPPV2(nn.Module):
             features_BxhxwxC = nn.Dropout(self.dropout_rate, deterministic=not train)(
                 features_BxhxwxC
             )
-        if self.implementation == "taps" and self.kernel_size % 2 == 1:
+        implementation = self.implementation
+        if implementation == "auto":
+            wide = features_BxhxwxC.shape[-1] >= TAPS_MIN_CHANNELS
+            implementation = "taps" if wide else "conv"
+        if implementation == "taps" and self.kernel_size % 2 == 1:
             params = [_ClassifierParams(self.num_classes, self.kernel_size, self.param_dtype,
                                         name=f"c{index}")(features_BxhxwxC.shape[-1])
                       for index in range(len(rates))]

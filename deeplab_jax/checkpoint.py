@@ -4,7 +4,13 @@ One CheckpointManager per workdir (<workdir>/checkpoints). Each step directory h
 'state' (parameters, BatchNorm statistics, optimizer state, step; StandardSave) and 'data' (the
 grain iterator state, a small JSON dict), so a resumed run continues with exactly the batches an
 uninterrupted run would have seen. Restoring reads into the abstract state's shardings, so a
-checkpoint written on one device count restores onto another.
+checkpoint written on one device count restores onto another, and a replicated one onto sharded
+parameters (config.sharding; tests/scale/test_partitioning.py).
+
+Multi-process jobs: every process calls `save` and `restore_latest` with its global arrays; orbax
+writes each array shard once and synchronises the processes. The 'data' item is the same in every
+process (each advances its own shard of the data by the same number of batches), so the copy the
+primary process writes restores them all (tests/scale/test_multihost.py).
 """
 
 import os

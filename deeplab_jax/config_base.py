@@ -31,8 +31,19 @@ def base_config() -> ml_collections.ConfigDict:
     # Keyword overrides for the model factory (output_stride, msc_scales, bn_frozen, widths...).
     config.model.overrides = ml_collections.ConfigDict()
     config.model.init_checkpoint = ""  # orbax checkpoint or converted weights to start from
+    # Mixed precision and rematerialisation are model overrides (model.overrides.dtype =
+    # 'bfloat16': bf16 activations, float32 parameters, BN statistics, gradients, optimizer state
+    # and logits; model.overrides.remat = True: jax.checkpoint around every backbone block). With
+    # remat on, this jax.checkpoint_policies name chooses what a block keeps for the backward
+    # pass: '' = only its input (recompute everything), 'dots_saveable' = also the convolution
+    # outputs (recompute only BatchNorm and ReLU).
+    config.model.remat_policy = ""
 
     config.batch_size = 10  # global; must divide by the number of devices
+    # Gradient accumulation: each step averages the gradients of this many equal micro-batches of
+    # batch_size / grad_accum_steps images (each a multiple of the device count), so the paper's
+    # batch 10/20 fits small accelerators. BatchNorm normalises with micro-batch statistics.
+    config.grad_accum_steps = 1
     config.num_steps = 20000
     config.input = ml_collections.ConfigDict()
     config.input.crop_size = config_dict.placeholder(tuple)  # None = the descriptor's crop_size
@@ -66,12 +77,27 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.no_decay = r"(bias$|/bn/)"
     config.optim.grad_clip_norm = 0.0  # 0 = off
 
+    # Parameter sharding (deeplab_jax.partitioning): (regex over 'a/b/c' parameter paths, spec),
+    # first match wins; spec is a tuple with one mesh axis name or None per dimension (e.g.
+    # ('^head/', (None, None, None, 'data')) splits the classifier's output channels), 'fsdp'
+    # (split the largest dimension divisible by the 'data' axis) or 'replicate'. Unmatched
+    # parameters are replicated; optimizer state follows its parameter; BN statistics replicate.
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.rules = ()
+    config.sharding.fsdp = False  # append ('.*', 'fsdp'): FSDP / ZeRO-3 for large backbones
+    # 'fsdp' leaves parameters with fewer elements than this replicated (gathering them costs more
+    # than it saves).
+    config.sharding.fsdp_min_size = 2 ** 14
+
     config.eval = ml_collections.ConfigDict()
     config.eval.every_steps = 2000
     config.eval.batch_size = 8
     config.eval.max_examples = 0  # 0 = the whole split
     config.eval.size = config_dict.placeholder(tuple)  # None = the descriptor's eval_size
     config.eval.num_overlays = 4  # prediction overlays written to TensorBoard per evaluation
+    # Output stride of the evaluation model (0 = as in training): v3/v3+ train at 16 and evaluate
+    # at 8 with the same weights (v3 paper §4.3).
+    config.eval.output_stride = 0
     # Test-time modes (deeplab_jax/inference.py): input scales and flip, fused by 'mean' (v3/v3+)
     # or 'max' (v2 MSC); sliding windows (H, W) with a stride for large images (Cityscapes).
     config.eval.scales = (1.0,)

@@ -13,7 +13,7 @@ def load_trained(config, workdir):
 
     mesh = sharding.create_mesh()
     descriptor = train_state.dataset_descriptor(config)
-    model = train_state.create_model(config, descriptor)
+    model = train_state.create_model(config, descriptor, for_eval=True)
     tx, _ = train_state.create_optimizer(config, model, INIT_IMAGE_SIZE)
     abstract, _ = train_state.abstract_and_sharding(model, tx, INIT_IMAGE_SIZE, mesh)
     manager = checkpoint.create_manager(workdir)

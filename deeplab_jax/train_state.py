@@ -2,7 +2,8 @@
 
 State is born sharded (STYLE.md habit 3): `jax.eval_shape` gives the abstract state, the shardings
 come from it, and `jax.jit(init, out_shardings=...)` creates the state directly in place, never
-materialising it on one device first. Parameters are replicated over the 'data' axis.
+materialising it on one device first. Parameters are replicated over the 'data' axis unless sharding
+rules (config.sharding, partitioning.py) split them; optimizer state follows its parameter.
 """
 
 import dataclasses
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deeplab_jax import model_config, models, optim, sharding
+from deeplab_jax import model_config, models, optim, partitioning, sharding
 from deeplab_jax.data import datasets, sources
 
 
@@ -52,12 +53,26 @@ def load_source(config, descriptor, split):
 
 
 def model_overrides(config) -> dict:
-    return model_config.effective_overrides(config.model.name, config.model.overrides.to_dict())
+    """Factory overrides that differ from the model's defaults; remat=True + config.model.
+    remat_policy -> remat=<policy name> (models.layers.remat_policy)."""
+    overrides = model_config.effective_overrides(config.model.name,
+                                                 config.model.overrides.to_dict())
+    policy = config.model.get("remat_policy", "")
+    if policy and overrides.get("remat") is True:
+        models.layers.remat_policy(policy)  # a clear error for an unknown name, before tracing
+        overrides["remat"] = policy
+    return overrides
 
 
-def create_model(config, descriptor=None):
+def create_model(config, descriptor=None, for_eval=False):
+    """The configured model; `for_eval` applies config.eval.output_stride (v3 paper §4.3: train at
+    OS 16, evaluate at OS 8 with the same weights; parameters do not depend on it)."""
     descriptor = descriptor or dataset_descriptor(config)
-    return models.get_model(config.model.name, descriptor.num_classes, **model_overrides(config))
+    overrides = model_overrides(config)
+    eval_stride = int(config.eval.get("output_stride", 0) or 0)
+    if for_eval and eval_stride:
+        overrides["output_stride"] = eval_stride
+    return models.get_model(config.model.name, descriptor.num_classes, **overrides)
 
 
 def crop_size(config, descriptor):
@@ -93,18 +108,25 @@ def create_optimizer(config, model, image_size):
     return optim.create_optimizer(config.optim, abstract["params"], config.num_steps)
 
 
-def abstract_and_sharding(model, tx, image_size, mesh):
-    """(abstract TrainState, its sharding tree): everything replicated."""
+def sharding_rules(config):
+    """(rules, fsdp_min_size) of config.sharding (partitioning.py); () = all replicated."""
+    section = config.get("sharding")
+    min_size = int(section.fsdp_min_size) if section is not None else 2 ** 14
+    return partitioning.rules_from_config(config), min_size
+
+
+def abstract_and_sharding(model, tx, image_size, mesh, rules=(), fsdp_min_size=2 ** 14):
+    """(abstract TrainState, its sharding tree): parameters by `rules`, replicated by default."""
     abstract = jax.eval_shape(_init_fn(model, tx, image_size), init_rng(0))
-    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    shardings = partitioning.state_shardings(abstract, tx, mesh, rules, fsdp_min_size)
     abstract = jax.tree.map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract,
         shardings)
     return abstract, shardings
 
 
-def create_state(model, tx, image_size, mesh, seed):
-    _, shardings = abstract_and_sharding(model, tx, image_size, mesh)
+def create_state(model, tx, image_size, mesh, seed, rules=(), fsdp_min_size=2 ** 14):
+    _, shardings = abstract_and_sharding(model, tx, image_size, mesh, rules, fsdp_min_size)
     init = jax.jit(_init_fn(model, tx, image_size), out_shardings=shardings)
     return init(init_rng(seed))
 

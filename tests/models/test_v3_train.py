@@ -1,8 +1,8 @@
 """A few training steps of every new variant (v3, v3+, Xception-65, PointRend) on 8 fake devices.
 
 The steps are `deeplab_jax.train.make_train_step` (the training engineer's jitted step: batch
-sharded on the 'data' axis, state replicated, donated) with the demo config's optimiser; PointRend
-uses the same structure with `pointrend_loss` (train.py does not call the point head yet). The
+sharded on the 'data' axis, state replicated, donated) with the demo config's optimiser; for
+PointRend the step's loss is `pointrend_loss` of the point head's outputs. The
 architectures are the registered ones at tiny widths; each variant repeats one fixed batch, so the
 loss must fall. Marked slow: mostly XLA compilation (about 10-20 s per variant on 2 cores).
 """
@@ -80,31 +80,29 @@ def test_pointrend_train_steps_on_8_devices(num_devices):
     config, model, tx, schedule, shardings, state, batch, mesh = _setup(
         "deeplab_v3plus_demo", overrides, num_devices)
     assert "point_head" in state.params
-
-    def train_step(state, batch, rng):
-        step_rng = jax.random.fold_in(rng, state.step)
-
-        def loss_fn(params):
-            outputs, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                train=True, return_points=True, mutable=["batch_stats"],
-                rngs={"points": step_rng, "dropout": step_rng})
-            return pointrend_loss.pointrend_loss(outputs, batch["label"]), updates
-
-        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(lambda p, u: p + u, state.params, deltas)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             batch_stats=updates["batch_stats"]), loss
-
-    step = jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh),
-                                             sharding.replicated(mesh)),
+    head_before = jax.device_get(state.params["point_head"])
+    step = jax.jit(train.make_train_step(model, tx, schedule, config),
+                   in_shardings=(shardings, sharding.batch_sharding(mesh),
+                                 sharding.replicated(mesh)),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
     history = []
     for _ in range(STEPS):
-        state, loss = step(state, batch, jax.random.key(1))
-        history.append(float(loss))
+        state, metrics = step(state, batch, jax.random.key(1))
+        history.append(float(metrics["loss"]))
     assert all(np.isfinite(history)) and history[-1] < history[0], history
+    # train.py trains the point head (pointrend_loss), not only the coarse logits.
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), head_before,
+                         jax.device_get(state.params["point_head"]))
+    assert all(jax.tree.leaves(moved))
+    # The step's loss is pointrend_loss of the model's point outputs (same rng derivation).
+    dropout_rng, points_rng = jax.random.split(jax.random.fold_in(jax.random.key(1), STEPS))
+    outputs, _ = model.apply(state.variables(), batch["image"], train=True, return_points=True,
+                             mutable=["batch_stats"],
+                             rngs={"points": points_rng, "dropout": dropout_rng})
+    expected = pointrend_loss.pointrend_loss(outputs, batch["label"],
+                                             class_weights=tuple(config.loss.class_weights) or None)
+    state, metrics = step(state, batch, jax.random.key(1))  # (the old state is donated)
+    np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-4)
     # Inference with the trained variables: subdivided logits at the input resolution, and the
     # evaluator's upsampling is then the identity (output stride 1).
     logits = jax.jit(model.apply)(state.variables(), batch["image"])

@@ -1,0 +1,1 @@
+"""Scale-out tests: multi-host, parameter sharding, mixed precision, remat, accumulation."""

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from deeplab_jax.optim import path_string
-from deeplab_jax.sharding import DATA_AXIS
+from deeplab_jax.sharding import DATA_AXIS, replicated as replicated_sharding
 
 FSDP = "fsdp"
 REPLICATE = "replicate"
@@ -120,7 +120,7 @@ def param_specs(abstract_params, rules: Sequence, mesh, fsdp_min_size: int = 2 *
 
 def state_shardings(abstract_state, tx, mesh, rules=(), fsdp_min_size: int = 2 ** 14):
     """NamedSharding tree for a TrainState: params by rule, optimizer state like its parameter."""
-    replicated = NamedSharding(mesh, P())
+    replicated = replicated_sharding(mesh)
     specs = param_specs(abstract_state.params, rules, mesh, fsdp_min_size)
     params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                           is_leaf=lambda x: isinstance(x, P))

@@ -20,16 +20,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from deeplab_jax import inference, metrics, sharding, trimap, visualize
+from deeplab_jax import inference, sharding, trimap, visualize
+from deeplab_jax.crf import CRFParams
+from deeplab_jax.evaluation import metrics
 from deeplab_jax.data import input_pipeline
-
-
-def crf_params_from_config(config_crf):
-    from deeplab_jax.crf import CRFParams
-
-    return CRFParams(iterations=int(config_crf.iterations), bi_w=float(config_crf.bi_w),
-                     bi_xy_std=float(config_crf.bi_xy_std), bi_rgb_std=float(config_crf.bi_rgb_std),
-                     pos_w=float(config_crf.pos_w), pos_xy_std=float(config_crf.pos_xy_std))
 
 
 class Evaluator:
@@ -106,7 +100,7 @@ class Evaluator:
 
     def _host_pass(self, local, predictions, probs, sums):
         """Per image, on its valid region: trimap counts, and the CRF with its own counts."""
-        params = crf_params_from_config(self.crf_config) if probs is not None else None
+        params = CRFParams.from_config(self.crf_config) if probs is not None else None
         widths = self.trimap_widths
         for i in range(len(local["image"])):
             height, width = int(local["height"][i]), int(local["width"][i])

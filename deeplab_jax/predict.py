@@ -105,7 +105,7 @@ def main(argv):
     del argv
     from absl import app, flags
 
-    from deeplab_jax.evaluate import crf_params_from_config
+    from deeplab_jax.crf import CRFParams
     from deeplab_jax.restore import load_converted, load_trained
 
     config = flags.FLAGS.config
@@ -115,7 +115,7 @@ def main(argv):
         model, variables, descriptor, _, _ = load_trained(config, flags.FLAGS.workdir)
     else:
         raise app.UsageError("give --workdir (trained checkpoints) or --weights (converted weights)")
-    crf = crf_params_from_config(config.crf) if (flags.FLAGS.crf or config.crf.enabled) else None
+    crf = CRFParams.from_config(config.crf) if (flags.FLAGS.crf or config.crf.enabled) else None
     scales = tuple(float(s) for s in flags.FLAGS.scales) if flags.FLAGS.scales else tuple(
         config.eval.scales)
     predictor = Predictor(model, variables, tuple(config.input.pad_value), crf, config.crf.method,

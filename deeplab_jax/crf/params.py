@@ -56,6 +56,14 @@ class CRFParams:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_config(cls, config_crf):
+        """The validated parameters of a config's `crf` section (iterations, bi_w, bi_xy_std, ...)."""
+        return cls(iterations=int(config_crf.iterations), bi_w=float(config_crf.bi_w),
+                   bi_xy_std=float(config_crf.bi_xy_std), bi_rgb_std=float(config_crf.bi_rgb_std),
+                   pos_w=float(config_crf.pos_w),
+                   pos_xy_std=float(config_crf.pos_xy_std)).validate()
+
 
 def _is_positive_number(value):
     return (isinstance(value, (int, float)) and not isinstance(value, bool)

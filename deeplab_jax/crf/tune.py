@@ -1,290 +1,39 @@
-"""The paper's coarse-to-fine search of the CRF parameters (DeepLab-v2 §4.1.1).
-
-"We use default values of w2 = 3 and sigma_gamma = 3 and we search for the best values of w1,
-sigma_alpha, and sigma_beta by cross-validation on 100 images from val. The initial search range
-of the parameters are w1 in [3:6], sigma_alpha in [30:10:100] and sigma_beta in [3:6] (MATLAB
-notation), and then we refine the search step sizes around the first round's best values."
-
-`search` takes validation data already in memory and returns every (parameters, mIoU) row and the
-best parameters. It runs the jitted mean-field CRF batched on the default device: images of one size
-are stacked (the last batch padded and masked), the standard deviations of a whole grid are traced
-values (one compilation per image size and theta_gamma), the lattice is built once per
-(image, sigma_alpha, sigma_beta) and the weights are vmapped.
+"""Command line of the CRF parameter search (DeepLab-v2 §4.1.1) on a trained model's val images.
 
     python -m deeplab_jax.crf.tune --config=configs/voc.py --workdir=/tmp/voc --num_images=100
 
-obtains the probabilities from `deeplab_jax.evaluate.collect_val_probabilities` (a trained model),
-writes the mIoU table (TSV) and the best parameters (JSON) and prints them as config overrides.
+Collects the softmax probabilities of the first val images, runs the coarse-to-fine grid search
+(`deeplab_jax.evaluation.crf_search`), writes the mIoU table (TSV) and the best parameters (JSON),
+and prints them as config overrides.
 """
 
-import collections
-import dataclasses
-import functools
 import itertools
 import json
-import math
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from deeplab_jax.crf import meanfield
-from deeplab_jax.crf.params import PAPER_COARSE_GRID, CRFParams, register_pytree
-
-register_pytree()
-GRID_FIELDS = ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
-# Refinement (second round) step per field: half the paper's coarse step.
-REFINE_STEPS = {"bi_w": 0.5, "bi_xy_std": 5.0, "bi_rgb_std": 0.5, "pos_w": 0.0, "pos_xy_std": 0.0}
-
-
-def _scoring():
-    """(confusion_matrix, miou) of the project's metrics: jittable counts, host mIoU."""
-    from deeplab_jax import metrics
-
-    def confusion_matrix(labels, predictions, num_classes, ignore_label):
-        return metrics.confusion_matrix(labels, predictions, num_classes,
-                                        ignore_label=ignore_label)
-
-    def miou(confusion_KxK):
-        return metrics.iou_from_confusion(np.asarray(jax.device_get(confusion_KxK)))["miou"]
-
-    return confusion_matrix, miou
-
-
-@dataclasses.dataclass
-class SearchResult:
-    rows: list  # [(CRFParams, mIoU)] in evaluation order
-    best: CRFParams
-    best_miou: float
-    baseline_miou: float  # argmax of the probabilities, no CRF
-
-    def table(self):
-        """Tab-separated table, best first."""
-        lines = ["\t".join(GRID_FIELDS + ("iterations", "miou"))]
-        for params, score in sorted(self.rows, key=lambda row: -row[1]):
-            values = [f"{getattr(params, f):g}" for f in GRID_FIELDS]
-            lines.append("\t".join(values + [str(params.iterations), f"{score:.6f}"]))
-        return "\n".join(lines) + "\n"
-
-
-def refine_grid(best: CRFParams, steps=None):
-    """The second round: each searched value +- one refinement step around the first's best."""
-    steps = dict(REFINE_STEPS, **(steps or {}))
-    grid = {}
-    for field in GRID_FIELDS:
-        centre, step = float(getattr(best, field)), float(steps[field])
-        values = [centre] if step == 0 else [centre - step, centre, centre + step]
-        grid[field] = tuple(v for v in values if v > 0)
-    return grid
-
-
-def search(images, probs, labels, num_classes, ignore_label=255, coarse_grid=None, refine=True,
-           iterations=10, batch_size=4, progress=True, capacity_factor=2.0, refine_steps=None,
-           pad_multiple=None):
-    """Grid search of the CRF parameters by validation mIoU.
-
-    Args:
-      images: uint8 [N, H, W, 3] array or a list of [H, W, 3] arrays (sizes may differ).
-      probs: matching float probabilities [H, W, K] (list or array).
-      labels: matching integer label maps [H, W] (`ignore_label` pixels are not scored).
-      num_classes: K.
-      coarse_grid: dict field -> values for GRID_FIELDS (default: the paper's, PAPER_COARSE_GRID).
-      refine: run the second, finer round around the first round's best.
-      batch_size: images per vmapped batch (memory grows with batch x number of weights).
-      capacity_factor: bilateral lattice vertices reserved per pixel (images that need more are
-        recomputed with the worst-case capacity).
-      pad_multiple: None: images are batched with others of exactly their size (one compilation
-        per size). An int: each image is padded at the bottom and right (edge pixels repeated) to
-        the next multiple of it, so that sizes share batches and compilations; padded pixels take
-        no part in any CRF message and are not scored (the only difference from the unpadded CRF
-        is the lattice vertices they add, which can join blur paths).
-    Returns:
-      SearchResult with all rows, the best parameters and the mIoU without CRF.
-    """
-    images, probs, labels = _as_lists(images, probs, labels, num_classes)
-    confusion_matrix, miou = _scoring()
-    masks = [np.ones(image.shape[:2], bool) for image in images]
-    baseline = sum(np.asarray(confusion_matrix(jnp.asarray(lab), jnp.asarray(p).argmax(-1),
-                                               num_classes, ignore_label)).astype(np.int64)
-                   for lab, p in zip(labels, probs))
-    if pad_multiple:
-        images, probs, labels, masks = _pad(images, probs, labels, masks, int(pad_multiple),
-                                            ignore_label)
-    grid = dict(PAPER_COARSE_GRID if coarse_grid is None else coarse_grid)
-    missing = [f for f in GRID_FIELDS if f not in grid]
-    if missing:
-        raise ValueError(f"coarse_grid lacks values for {missing}; give a tuple per field")
-    # The lattice key packing is sized for the smallest standard deviations of both rounds, so the
-    # refinement reuses the first round's compilations.
-    steps = dict(REFINE_STEPS, **(refine_steps or {}))
-    layout_stds = tuple(
-        min(v for v in (min(grid[f]) - (steps[f] if refine else 0.0), min(grid[f])) if v > 0)
-        for f in ("bi_xy_std", "bi_rgb_std"))
-    rows, scored = [], {}
-    rounds = [grid]
-    while rounds:
-        current = rounds.pop(0)
-        for params, confusion in _evaluate_grid(images, probs, labels, masks, num_classes,
-                                                ignore_label, current, iterations, batch_size,
-                                                progress, capacity_factor, confusion_matrix,
-                                                scored, layout_stds):
-            score = miou(confusion)
-            scored[params] = score
-            rows.append((params, score))
-        if refine and len(rows) and current is grid:
-            best_so_far = max(rows, key=lambda row: row[1])[0]
-            rounds.append(refine_grid(best_so_far, refine_steps))
-    best, best_miou = max(rows, key=lambda row: row[1])
-    return SearchResult(rows=rows, best=best, best_miou=best_miou, baseline_miou=miou(baseline))
-
-
-def _evaluate_grid(images, probs, labels, masks, num_classes, ignore_label, grid, iterations,
-                   batch_size, progress, capacity_factor, confusion_matrix, already_scored,
-                   layout_stds):
-    """Yields (CRFParams, summed confusion matrix) for every grid point not scored before.
-
-    One jitted call per (batch of same-size images, sigma_alpha, sigma_beta); the weights are a
-    vmapped axis padded to a power of two, so both rounds of the search share compilations.
-    """
-    by_size = collections.defaultdict(list)
-    for index, image in enumerate(images):
-        by_size[image.shape[:2]].append(index)
-    weight_values = list(itertools.product(grid["bi_w"], grid["pos_w"]))
-    padded_weights = 1 << max(2, (len(weight_values) - 1).bit_length())
-    weights = np.array(weight_values + [weight_values[0]] * (padded_weights - len(weight_values)),
-                       np.float32)
-    batches = [(size, indices[i:i + batch_size])
-               for size, indices in by_size.items() for i in range(0, len(indices), batch_size)]
-    jobs = []
-    for pos_xy_std, xy_std, rgb_std in itertools.product(grid["pos_xy_std"], grid["bi_xy_std"],
-                                                         grid["bi_rgb_std"]):
-        candidates = [CRFParams(iterations, float(bi_w), float(xy_std), float(rgb_std),
-                                float(pos_w), float(pos_xy_std)) for bi_w, pos_w in weight_values]
-        if not all(c in already_scored for c in candidates):
-            jobs.append((candidates, float(pos_xy_std), np.array([xy_std, rgb_std], np.float32)))
-    bar = _progress(len(jobs) * len(batches), progress)
-    results = []
-    for candidates, pos_xy_std, sigma in jobs:
-        total = np.zeros((padded_weights, num_classes, num_classes), np.int64)
-        for (height, width), indices in batches:
-            padded = indices + [indices[0]] * (batch_size - len(indices))
-            valid = np.array([i < len(indices) for i in range(batch_size)])
-            args = (np.stack([images[i] for i in padded]),
-                    np.stack([np.asarray(probs[i], np.float32) for i in padded]),
-                    np.stack([np.asarray(labels[i], np.int32) for i in padded]),
-                    np.stack([masks[i] for i in padded]), valid, sigma, weights)
-            static = dict(num_classes=num_classes, ignore_label=ignore_label,
-                          pos_xy_std=pos_xy_std, iterations=iterations,
-                          layout_stds=layout_stds, confusion_matrix=confusion_matrix)
-            capacity = int(math.ceil(capacity_factor * height * width))
-            confusions, needed = _sweep(*args, capacity=capacity, **static)
-            if int(needed) > capacity:
-                confusions, _ = _sweep(*args, capacity=6 * height * width, **static)
-            total += np.asarray(confusions, np.int64)
-            bar.update(1)
-        results += [(c, total[i]) for i, c in enumerate(candidates) if c not in already_scored]
-    bar.close()
-    return results
-
-
-@functools.partial(jax.jit, static_argnames=(
-    "num_classes", "ignore_label", "pos_xy_std", "iterations", "layout_stds", "capacity",
-    "confusion_matrix"))
-def _sweep(images_BxHxWx3, probs_BxHxWxK, labels_BxHxW, masks_BxHxW, valid_B, sigma_2,
-           weights_Wx2, *,
-           num_classes, ignore_label, pos_xy_std, iterations, layout_stds, capacity,
-           confusion_matrix):
-    """Confusion matrices [W, K, K] summed over the valid images, and the largest lattice size."""
-
-    def one_image(image, probs, labels, mask):
-        prepared = meanfield.prepare(image, probs, sigma_2[0], sigma_2[1], pos_xy_std=pos_xy_std,
-                                     capacity=capacity, layout_stds=layout_stds, valid_HxW=mask)
-
-        def one_weight(weight_2):
-            q = meanfield.iterate(prepared, weight_2[1], weight_2[0], pos_xy_std=pos_xy_std,
-                                  iterations=iterations)
-            scored = jnp.where(mask, labels, ignore_label)
-            return confusion_matrix(scored, jnp.argmax(q, axis=-1), num_classes, ignore_label)
-
-        return jax.vmap(one_weight)(weights_Wx2), prepared.lattice.num_vertices
-
-    confusions, num_vertices = jax.vmap(one_image)(images_BxHxWx3, probs_BxHxWxK, labels_BxHxW,
-                                                   masks_BxHxW)
-    keep = valid_B[:, None, None, None].astype(confusions.dtype)
-    return jnp.sum(confusions * keep, axis=0), jnp.max(jnp.where(valid_B, num_vertices, 0))
-
-
-def _as_lists(images, probs, labels, num_classes):
-    images, probs, labels = list(images), list(probs), list(labels)
-    if not (len(images) == len(probs) == len(labels)) or not images:
-        raise ValueError(
-            f"images, probs and labels must be non-empty and of equal length, got {len(images)}, "
-            f"{len(probs)}, {len(labels)}")
-    for i, (image, prob, label) in enumerate(zip(images, probs, labels)):
-        image, prob, label = np.asarray(image), np.asarray(prob), np.asarray(label)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"images[{i}] must be uint8 [H, W, 3], got {image.dtype} "
-                             f"{image.shape}")
-        if prob.shape != image.shape[:2] + (num_classes,):
-            raise ValueError(f"probs[{i}] must be [H, W, num_classes={num_classes}] matching the "
-                             f"image {image.shape[:2]}, got {prob.shape}")
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"labels[{i}] must be [H, W] = {image.shape[:2]}, got {label.shape}")
-        images[i], probs[i], labels[i] = image, prob, label
-    return images, probs, labels
-
-
-def _pad(images, probs, labels, masks, multiple, ignore_label):
-    """Pads every image to the next multiple of `multiple` (edge pixels, masked, not scored)."""
-    out = ([], [], [], [])
-    for image, prob, label, mask in zip(images, probs, labels, masks):
-        height, width = image.shape[:2]
-        pad = ((0, -height % multiple), (0, -width % multiple))
-        out[0].append(np.pad(image, pad + ((0, 0),), mode="edge"))
-        out[1].append(np.pad(np.asarray(prob, np.float32), pad + ((0, 0),), mode="edge"))
-        out[2].append(np.pad(label, pad, constant_values=ignore_label))
-        out[3].append(np.pad(mask, pad, constant_values=False))
-    return out
-
-
-def _progress(total, enabled):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a project dependency
-        enabled = False
-    if not enabled:
-        return _NoProgress()
-    return tqdm(total=total, desc="CRF search (sigma pairs x batches)", unit="batch")
-
-
-class _NoProgress:
-    def update(self, _):
-        pass
-
-    def close(self):
-        pass
+from deeplab_jax import evaluate
+from deeplab_jax.evaluation import crf_search
 
 
 def main(argv):
     """CLI: probabilities of a trained model -> search -> table + best parameters."""
     del argv
-    from absl import flags, logging
-
-    from deeplab_jax import evaluate  # provides collect_val_probabilities (separate work)
-
     FLAGS = flags.FLAGS
     config = FLAGS.config
     triples = itertools.islice(
         evaluate.collect_val_probabilities(config, FLAGS.workdir, FLAGS.num_images),
         FLAGS.num_images)
     images, probs, labels = zip(*triples)
-    result = search(images, probs, labels, num_classes=probs[0].shape[-1],
-                    ignore_label=FLAGS.ignore_label, iterations=FLAGS.iterations,
-                    batch_size=FLAGS.batch_size, pad_multiple=FLAGS.pad_multiple or None)
+    result = crf_search.search(images, probs, labels, num_classes=probs[0].shape[-1],
+                               ignore_label=FLAGS.ignore_label, iterations=FLAGS.iterations,
+                               batch_size=FLAGS.batch_size,
+                               pad_multiple=FLAGS.pad_multiple or None)
     output = FLAGS.output or f"{FLAGS.workdir}/crf_search.tsv"
     with open(output, "w") as f:
         f.write(result.table())
-    best = {f: getattr(result.best, f) for f in GRID_FIELDS + ("iterations",)}
+    best = {f: getattr(result.best, f) for f in crf_search.GRID_FIELDS + ("iterations",)}
     with open(output.rsplit(".", 1)[0] + "_best.json", "w") as f:
         json.dump(dict(best, miou=result.best_miou, miou_without_crf=result.baseline_miou), f,
                   indent=2)
@@ -296,9 +45,6 @@ def main(argv):
 
 
 def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
     config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory with the trained model's checkpoints.")
@@ -312,8 +58,10 @@ def _define_flags():
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-if __name__ == "__main__":
-    from absl import app
-
+def run():
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deeplab_jax import metrics
+from deeplab_jax.evaluation import metrics
 
 
 def _hand_case():

@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from deeplab_jax.crf import CRFParams, dense_crf, tune
-from deeplab_jax.metrics import confusion_matrix_numpy as confusion_matrix
-from deeplab_jax.metrics import iou_from_confusion
+from deeplab_jax.crf import CRFParams, dense_crf
+from deeplab_jax.evaluation import crf_search
+from deeplab_jax.evaluation.metrics import confusion_matrix_numpy as confusion_matrix
+from deeplab_jax.evaluation.metrics import iou_from_confusion
 
 
 def _scene(seed, height=32, width=40):
@@ -34,7 +35,7 @@ def result():
     # Two sizes (two compilations) and a batch that needs padding (3 images, batch 2).
     scenes = [_scene(0), _scene(1), _scene(2), _scene(3, 28, 36)]
     images, probs, labels = zip(*scenes)
-    return scenes, tune.search(images, probs, labels, 3, coarse_grid=GRID, refine=True,
+    return scenes, crf_search.search(images, probs, labels, 3, coarse_grid=GRID, refine=True,
                                batch_size=2, progress=False)
 
 
@@ -76,7 +77,7 @@ def test_padding_to_shared_sizes_keeps_the_scores(result):
     CRF, so the scores match the unpadded search (up to lattice vertices the padding adds)."""
     scenes, found = result
     images, probs, labels = zip(*scenes)
-    padded = tune.search(images, probs, labels, 3, coarse_grid=GRID, refine=False, batch_size=4,
+    padded = crf_search.search(images, probs, labels, 3, coarse_grid=GRID, refine=False, batch_size=4,
                          progress=False, pad_multiple=16)
     unpadded = dict(found.rows)
     for params, score in padded.rows:
@@ -85,16 +86,16 @@ def test_padding_to_shared_sizes_keeps_the_scores(result):
 
 
 def test_refine_grid_and_bad_inputs():
-    grid = tune.refine_grid(CRFParams(bi_w=3.0, bi_xy_std=30.0, bi_rgb_std=3.0, pos_xy_std=3.0))
+    grid = crf_search.refine_grid(CRFParams(bi_w=3.0, bi_xy_std=30.0, bi_rgb_std=3.0, pos_xy_std=3.0))
     assert grid["bi_w"] == (2.5, 3.0, 3.5) and grid["bi_xy_std"] == (25.0, 30.0, 35.0)
     assert grid["pos_w"] == (3.0,) and grid["pos_xy_std"] == (3.0,)
     image, probs, labels = _scene(0)
     with pytest.raises(ValueError, match="equal length"):
-        tune.search([image], [probs, probs], [labels], 3)
+        crf_search.search([image], [probs, probs], [labels], 3)
     with pytest.raises(ValueError, match="num_classes"):
-        tune.search([image], [probs], [labels], 4)
+        crf_search.search([image], [probs], [labels], 4)
     with pytest.raises(ValueError, match="lacks"):
-        tune.search([image], [probs], [labels], 3, coarse_grid={"bi_w": (4.0,)})
+        crf_search.search([image], [probs], [labels], 3, coarse_grid={"bi_w": (4.0,)})
 
 
 def test_cli_defines_the_documented_flags():

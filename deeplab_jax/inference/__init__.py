@@ -1,0 +1,20 @@
+"""Test-time inference, shared by evaluation, prediction and export: scores at the input size,
+multi-scale inputs with flips, sliding windows (`modes`)."""
+
+from deeplab_jax.inference.modes import (
+    FUSIONS,
+    logits_at_input_size,
+    multiscale_logits,
+    predict_logits,
+    sliding_window_logits,
+    window_starts,
+)
+
+__all__ = [
+    "FUSIONS",
+    "logits_at_input_size",
+    "multiscale_logits",
+    "predict_logits",
+    "sliding_window_logits",
+    "window_starts",
+]

@@ -1,4 +1,4 @@
-"""Input pipeline throughput next to the train step's consumption rate (DESIGN.md, data).
+"""Input pipeline throughput next to the train step's consumption rate.
 
     python benchmarks/input_pipeline.py [--crops 321,513] [--workers 0,1,2] [--images 200]
         [--batches 20] [--repeats 3] [--model deeplab_v2_resnet101_aspp_l] [--model-batch 2]
@@ -14,7 +14,7 @@
    every parameter) of `--model` at the crop size, batch `--model-batch`, on the same CPU:
    images/s after one warm-up call (compilation), median of `--repeats`.
 
-The target (issue 3): pipeline images/s >= 2x the model's at the same crop, i.e. the input is
+The target: pipeline images/s >= 2x the model's at the same crop, i.e. the input is
 never the bottleneck. Both run in one process one after the other, so they share the machine's
 load (other jobs on the 2-core machine inflate both; the ratio is what matters).
 """
@@ -118,6 +118,9 @@ def model_rate(model_name, crop, batch, repeats, num_classes=21):
 
 
 def main():
+    from deeplab_jax.parallel import xla_flags
+
+    xla_flags.apply()  # the package's XLA CPU settings, before JAX starts its backends
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--crops", default="321,513")
     parser.add_argument("--workers", default="0,1,2")

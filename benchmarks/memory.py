@@ -46,28 +46,30 @@ def build_step(model_name, batch, crop, dtype, remat, policy, num_classes=21):
     import jax
     import numpy as np
 
-    from deeplab_jax import models, sharding, train, train_state
-    from deeplab_jax.config_base import base_config
-    from deeplab_jax.model_config import overrides_config
+    from deeplab_jax import experiment, losses, models
+    from deeplab_jax.config import base_config, overrides_config
+    from deeplab_jax.parallel import mesh as mesh_lib
+    from deeplab_jax.train.state import setup_state
+    from deeplab_jax.train.step import make_train_step
 
     config = base_config()
     config.model.name = model_name
     config.model.overrides = overrides_config(model_name, dtype=dtype, remat=remat)
     config.model.remat_policy = policy
     config.batch_size = batch
-    mesh = sharding.create_mesh(jax.devices()[:1])
-    model = models.get_model(model_name, num_classes, **train_state.model_overrides(config))
-    tx, schedule = train_state.create_optimizer(config, model, train.INIT_IMAGE_SIZE)
-    _, shardings = train_state.abstract_and_sharding(model, tx, train.INIT_IMAGE_SIZE, mesh)
-    state = train_state.create_state(model, tx, train.INIT_IMAGE_SIZE, mesh, seed=0)
+    mesh = mesh_lib.create_mesh(jax.devices()[:1])
+    model = models.get_model(model_name, num_classes, **experiment.model_overrides(config))
+    setup = setup_state(config, model, mesh)
+    state = setup.create(seed=0)
     rng = np.random.default_rng(0)
     local = {"image": rng.integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8),
              "label": rng.integers(0, num_classes, (batch, crop, crop), dtype=np.uint8)}
-    step = jax.jit(train.make_train_step(model, tx, schedule, config),
-                   in_shardings=(shardings, sharding.batch_sharding(mesh),
-                                 sharding.replicated(mesh)),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return step, state, sharding.global_batch(local, mesh), jax.random.key(1), model
+    loss_config = losses.LossConfig.from_config(config.loss, ignore_label=255)
+    step = jax.jit(make_train_step(model, setup.tx, setup.schedule, loss_config=loss_config),
+                   in_shardings=(setup.shardings, mesh_lib.batch_sharding(mesh),
+                                 mesh_lib.replicated(mesh)),
+                   out_shardings=(setup.shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+    return step, state, mesh_lib.global_batch(local, mesh), jax.random.key(1), model
 
 
 def saved_for_backward(model, state, batch):
@@ -143,6 +145,9 @@ def _mib(value):
 
 
 def main():
+    from deeplab_jax.parallel import xla_flags
+
+    xla_flags.apply()  # the package's XLA CPU settings, before JAX starts its backends
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="deeplab_v2_resnet101_aspp_l")
     parser.add_argument("--batch", type=int, default=None, help="10 on an accelerator, 2 on CPU")

@@ -178,9 +178,10 @@ def main():
     if args.ours_only:
         return ours_only(args)
 
-    import jax
+    from deeplab_jax.parallel import xla_flags
 
-    from deeplab_jax import xla_flags
+    xla_flags.apply()  # before JAX starts its backends
+    import jax
 
     reference = torch_reference(args.threads)
     model, variables = our_model_and_variables(reference)

@@ -1,1 +1,1 @@
-"""Experiment configurations: one get_config() per file (see deeplab_jax/config_base.py)."""
+"""Experiment configurations: one get_config() per file (see deeplab_jax/config/base.py)."""

@@ -1,4 +1,4 @@
-"""Cityscapes (fine), 19 classes at full resolution, DeepLab-v2 (paper 002, §4.4, Tables 8-9).
+"""Cityscapes (fine), 19 classes at full resolution, DeepLab-v2 (§4.4, Tables 8-9).
 
 Commands (data: leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip, extracted or not, layout
 in deeplab_jax/data/builders/cityscapes.py):
@@ -15,17 +15,15 @@ full 1024x2048 images at evaluation (the descriptor's eval size; lower config.ev
 use several devices if memory is short).
 """
 
-from configs import voc
+from deeplab_jax.config import recipes
 
 VARIANTS = ("v2_aspp_l", "v2_largefov", "v3", "v3plus", "v3plus_xception65")
 
 
 def get_config(variant: str = "v2_aspp_l"):
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/cityscapes.py; use one of {VARIANTS}")
-    config = voc.get_config(variant)
-    config.dataset.name = "cityscapes"  # 2,975 train / 500 val, 19 trainIds, 255 ignored
+    recipes.check_variant(variant, VARIANTS, "configs/cityscapes.py")
+    # 2,975 train / 500 val, 19 trainIds, 255 ignored
+    config = recipes.paper_config(variant, "cityscapes")
     config.input.crop_size = None  # the descriptor's (769, 769)
     config.eval.batch_size = 8
     if variant.startswith("v3"):

@@ -1,4 +1,4 @@
-"""COCO-Stuff 164k (171 classes): the MS-COCO pre-training stage of DeepLab-v2 (paper 002, §4.1.2).
+"""COCO-Stuff 164k (171 classes): the MS-COCO pre-training stage of DeepLab-v2 (§4.1.2).
 
 Commands (data: COCO 2017 train/val images + stuffthingmaps_trainval2017.zip, layout in
 deeplab_jax/data/builders/coco_stuff.py):
@@ -15,17 +15,15 @@ Optimiser: the §4.1.2 recipe of configs/voc.py with the descriptor's 513x513 cr
 no COCO schedule, so num_steps is raised to cover 118k images for a few epochs.
 """
 
-from configs import voc
+from deeplab_jax.config import recipes
 
 VARIANTS = ("v2_aspp_l", "v2_largefov")
 
 
 def get_config(variant: str = "v2_aspp_l"):
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/cocostuff.py; use one of {VARIANTS}")
-    config = voc.get_config(variant)
-    config.dataset.name = "coco_stuff164k"  # 118,287 train / 5,000 val, 171 classes
+    recipes.check_variant(variant, VARIANTS, "configs/cocostuff.py")
+    # 118,287 train / 5,000 val, 171 classes
+    config = recipes.paper_config(variant, "coco_stuff164k")
     config.input.crop_size = None  # the descriptor's (513, 513)
     config.num_steps = 60000  # batch 10: about 5 epochs of COCO train2017
     return config

@@ -1,4 +1,4 @@
-"""PASCAL-Context, 59 classes + background, DeepLab-v2 (paper 002, §4.2, Table 6).
+"""PASCAL-Context, 59 classes + background, DeepLab-v2 (§4.2, Table 6).
 
 Commands (data: PASCAL-Context trainval.tar.gz + VOC 2010, layout in
 deeplab_jax/data/builders/pascal_context.py):
@@ -16,15 +16,14 @@ from 1e-3, classifier 10x, momentum 0.9, weight decay 5e-4, random scale 0.5-1.5
 the descriptor) is kept from configs/voc.py.
 """
 
-from configs import voc
+from deeplab_jax.config import recipes
 
 VARIANTS = ("v2_msc", "v2_aspp_l", "v2_largefov", "v1_largefov")
 
 
 def get_config(variant: str = "v2_msc"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of configs/context.py; use one of {VARIANTS}")
-    config = voc.get_config(variant)
-    config.dataset.name = "pascal_context"  # 4,998 train / 5,105 val, 60 classes
+    recipes.check_variant(variant, VARIANTS, "configs/context.py")
+    # 4,998 train / 5,105 val, 60 classes
+    config = recipes.paper_config(variant, "pascal_context")
     config.input.crop_size = None  # the descriptor's (321, 321)
     return config

@@ -7,8 +7,8 @@ v3+ demo model: BN-ASPP with image pooling and the decoder); `:v3plus_pointrend`
 Expected result: see README.md ("Demo") for the measured val mIoU and wall time on 2 CPU cores.
 """
 
-from deeplab_jax.config_base import base_config
-from deeplab_jax.model_config import overrides_config
+from deeplab_jax.config import base_config, overrides_config
+from deeplab_jax.data.datasets import PAD_RGB
 
 
 VARIANTS = ("default", "tiny", "v3plus", "v3plus_pointrend")
@@ -25,7 +25,7 @@ def get_config(variant: str = "default"):
     config.num_steps = 2500
     config.input.crop_size = (129, 129)
     config.input.scale_range = (0.75, 1.25)
-    config.input.pad_value = (124, 116, 104)
+    config.input.pad_value = PAD_RGB
     config.optim.name = "adamw"
     config.optim.base_lr = 1e-2
     config.optim.weight_decay = 1e-4

@@ -1,4 +1,4 @@
-"""PASCAL-Person-Part, 6 parts + background, DeepLab-v2 (paper 002, §4.3, Table 7).
+"""PASCAL-Person-Part, 6 parts + background, DeepLab-v2 (§4.3, Table 7).
 
 Commands (data: the Person-Part release + VOC 2010, layout in
 deeplab_jax/data/builders/person_part.py):
@@ -14,17 +14,16 @@ ASPP brought no gain on this data set, so the default classifier is a single 3x3
 Optimiser and augmentation: the §4.1.2 recipe of configs/voc.py (the paper gives no other).
 """
 
-from configs import voc
+from deeplab_jax.config import recipes
 
 VARIANTS = ("v2_msc", "v2", "v2_aspp_l")
 
 
 def get_config(variant: str = "v2_msc"):
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r} of configs/person_part.py; use one of {VARIANTS}")
-    config = voc.get_config("v2_msc" if variant == "v2_msc" else "v2_aspp_l")
-    config.dataset.name = "person_part"  # 1,716 train / 1,817 val, 7 classes
+    recipes.check_variant(variant, VARIANTS, "configs/person_part.py")
+    # 1,716 train / 1,817 val, 7 classes
+    config = recipes.paper_config("v2_msc" if variant == "v2_msc" else "v2_aspp_l",
+                                  "person_part")
     config.input.crop_size = None  # the descriptor's (321, 321)
     if variant != "v2_aspp_l":
         config.model.overrides.aspp_rates = (1,)

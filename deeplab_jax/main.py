@@ -1,51 +1,59 @@
 """Entry point: python -m deeplab_jax.main --config=configs/demo.py --workdir=/tmp/deeplab_demo
 
-Parses flags, starts JAX's multi-process runtime when the job has several processes
-(`distributed.initialize`, flags --coordinator_address/--num_processes/--process_id or the
-cluster's environment), and calls `train.train_and_evaluate(config, workdir)`; nothing else (tests
-and notebooks call the same function). `--config.<field>=value` overrides any config field; the
-config is locked, so a misspelt field is an error rather than a silently ignored value.
+Parses flags, applies the XLA CPU flags, starts JAX's multi-process runtime when the job has
+several processes (`parallel.distributed.initialize`, flags --coordinator_address/--num_processes/
+--process_id or the cluster's environment), and calls `train.loop.train_and_evaluate(config,
+workdir)`; nothing else (tests and notebooks call the same function). `--config.<field>=value`
+overrides any config field; the config is locked, so a misspelt field is an error rather than a
+silently ignored value.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "configuration file (configs/*.py[:variant])",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and predictions")
-flags.mark_flags_as_required(["config", "workdir"])
-# Multi-process runs (deeplab_jax/distributed.py): every process runs this same command.
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                  "jax.distributed.initialize: 'auto' when the flags/environment show several "
-                  "processes (coordinator address, SLURM, Open MPI, Cloud TPU VM); 'on' always")
-flags.DEFINE_string("coordinator_address", None,
-                    "HOST:PORT of process 0's coordination service (env JAX_COORDINATOR_ADDRESS)")
-flags.DEFINE_integer("num_processes", None, "number of processes (env JAX_NUM_PROCESSES)")
-flags.DEFINE_integer("process_id", None, "this process's index (env JAX_PROCESS_ID)")
-flags.DEFINE_list("local_device_ids", None, "devices this process uses, e.g. 0 or 0,1 (GPUs)")
-flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                     "a process that stops sending heartbeats this long is declared dead and "
-                     "every other process exits with an error")
+from deeplab_jax.parallel import distributed, xla_flags
+from deeplab_jax.train.loop import train_and_evaluate
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    config_flags.DEFINE_config_file("config", None, "configuration file (configs/*.py[:variant])",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and predictions")
+    flags.mark_flags_as_required(["config", "workdir"])
+    # Multi-process runs: every process runs this same command.
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "jax.distributed.initialize: 'auto' when the flags/environment show several "
+                      "processes (coordinator address, SLURM, Open MPI, Cloud TPU VM); 'on' always")
+    flags.DEFINE_string("coordinator_address", None,
+                        "HOST:PORT of process 0's coordination service (env "
+                        "JAX_COORDINATOR_ADDRESS)")
+    flags.DEFINE_integer("num_processes", None, "number of processes (env JAX_NUM_PROCESSES)")
+    flags.DEFINE_integer("process_id", None, "this process's index (env JAX_PROCESS_ID)")
+    flags.DEFINE_list("local_device_ids", None, "devices this process uses, e.g. 0 or 0,1 (GPUs)")
+    flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                         "a process that stops sending heartbeats this long is declared dead and "
+                         "every other process exits with an error")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from deeplab_jax import distributed, train  # after flag parsing: JAX is slow to import
-
     distributed.initialize(
-        flags.FLAGS.distributed, coordinator_address=flags.FLAGS.coordinator_address,
-        num_processes=flags.FLAGS.num_processes, process_id=flags.FLAGS.process_id,
-        local_device_ids=flags.FLAGS.local_device_ids,
-        heartbeat_timeout_s=flags.FLAGS.heartbeat_timeout_s)
+        FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+        local_device_ids=FLAGS.local_device_ids, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
     logging.set_verbosity(logging.INFO)
-    results = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if results:
         print(f"final val mIoU {results['miou']:.4f} (pixel accuracy "
-              f"{results['pixel_accuracy']:.4f}); workdir {flags.FLAGS.workdir}")
+              f"{results['pixel_accuracy']:.4f}); workdir {FLAGS.workdir}")
 
 
 def run():
+    xla_flags.apply()  # before JAX starts its backends (importing modules does not start them)
+    define_flags()
     app.run(main)
 
 

@@ -14,6 +14,10 @@ import numpy as np
 from deeplab_jax.data import demo_shapes, palettes
 from deeplab_jax.data.builders import label_maps
 
+IGNORE_LABEL = 255  # label of pixels that are not scored (VOC's boundary band, Cityscapes' void)
+# Image padding value: the ImageNet mean in RGB, rounded; labels pad with IGNORE_LABEL.
+PAD_RGB = (124, 116, 104)
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetDescriptor:
@@ -27,7 +31,7 @@ class DatasetDescriptor:
     crop_size: Tuple[int, int]  # training crop (H, W)
     eval_size: Tuple[int, int]  # fixed padded (H, W) for evaluation batches; images never exceed it
     palette: np.ndarray = dataclasses.field(repr=False, compare=False, default=None)
-    ignore_label: int = 255
+    ignore_label: int = IGNORE_LABEL
     # What the user must put in the manual directory, shown when data are missing.
     manual_instructions: str = ""
     # True for data sets generated on the fly (no manual directory needed).

@@ -3,6 +3,7 @@ multi-scale inputs with flips, sliding windows (`modes`)."""
 
 from deeplab_jax.inference.modes import (
     FUSIONS,
+    TestTimeOptions,
     logits_at_input_size,
     multiscale_logits,
     predict_logits,
@@ -12,6 +13,7 @@ from deeplab_jax.inference.modes import (
 
 __all__ = [
     "FUSIONS",
+    "TestTimeOptions",
     "logits_at_input_size",
     "multiscale_logits",
     "predict_logits",

@@ -1,12 +1,13 @@
 """Test-time inference modes: full-resolution logits, multi-scale + flip, sliding window.
 
 - Logits at the input size: bilinear upsampling of the output-stride score map with logit i on pixel
-  i * os (paper 002 §3.1; the alignment `upsample_logits` keeps for every size).
+  i * os (DeepLab-v2 §3.1; the alignment `upsample_logits` keeps for every size).
 - Multi-scale inputs with left-right flip: the image is resized to each scale (aligned corners,
   int((H - 1) s) + 1 pixels as the MSC branches), every score map is brought back to H x W, flipped
   maps are flipped back, and the maps are fused by averaging ('mean', the v3/v3+ evaluation, v3
-  paper §4.3) or by the per-pixel maximum ('max', the v2 MSC fusion, paper 002 §3.2).
-- Sliding window (paper 002 §4.4, Cityscapes at full 1024x2048 resolution): windows of a fixed size
+  paper §4.3) or by the per-pixel maximum ('max', the v2 MSC fusion, DeepLab-v2 §3.2).
+- Sliding window (DeepLab-v2 §4.4, Cityscapes at full 1024x2048 resolution): windows of a fixed
+  size
   with a stride tile the image (the last window is moved to end at the border); window logits are
   summed where windows overlap and divided by the overlap count. Images smaller than the window
   are padded with the mean colour and cropped back.
@@ -14,12 +15,37 @@
 Everything is static in shape, so each function jits once per image size.
 """
 
+import dataclasses
+from typing import Optional, Tuple
+
 import jax.numpy as jnp
 
+from deeplab_jax.data.datasets import PAD_RGB
 from deeplab_jax.losses import infer_output_stride
 from deeplab_jax.models.resize import resize_bilinear, scaled_size, upsample_logits
 
 FUSIONS = ("mean", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class TestTimeOptions:
+    """How scores are computed at test time: input scales and flip, fusion, sliding window."""
+
+    scales: Tuple[float, ...] = (1.0,)
+    flip: bool = False
+    fusion: str = "mean"
+    window_size: Optional[Tuple[int, int]] = None  # None = whole image
+    window_stride: Optional[Tuple[int, int]] = None  # None = 2/3 of the window
+    pad_value: Tuple[int, int, int] = PAD_RGB
+
+    @classmethod
+    def from_config(cls, config) -> "TestTimeOptions":
+        """config.eval's test-time modes and config.input.pad_value."""
+        return cls(scales=tuple(float(s) for s in config.eval.scales),
+                   flip=bool(config.eval.flip), fusion=config.eval.fusion,
+                   window_size=tuple(config.eval.window_size) or None,
+                   window_stride=tuple(config.eval.window_stride) or None,
+                   pad_value=tuple(config.input.pad_value))
 
 
 def logits_at_input_size(model, variables, images_BxHxWx3):
@@ -79,7 +105,7 @@ def window_starts(size, window, stride):
     return starts
 
 
-def sliding_window_logits(predict_fn, images_BxHxWx3, window, stride, pad_value=(124, 116, 104)):
+def sliding_window_logits(predict_fn, images_BxHxWx3, window, stride, pad_value=PAD_RGB):
     """Overlap-averaged class scores; predict_fn maps (N, wh, ww, 3) images to (N, wh, ww, K)."""
     window_h, window_w = window
     stride_h, stride_w = stride
@@ -107,14 +133,15 @@ def sliding_window_logits(predict_fn, images_BxHxWx3, window, stride, pad_value=
     return (total / count)[:, :height, :width]
 
 
-def predict_logits(model, variables, images_BxHxWx3, *, scales=(1.0,), flip=False, fusion="mean",
-                   window_size=None, window_stride=None, pad_value=(124, 116, 104)):
-    """The evaluation's scores: multi-scale/flip, inside a sliding window when window_size is set."""
+def predict_logits(model, variables, images_BxHxWx3, options: TestTimeOptions = TestTimeOptions()):
+    """The evaluation's scores: multi-scale/flip, in a sliding window when window_size is set."""
     def predict(images):
-        return multiscale_logits(model, variables, images, scales, flip, fusion)
+        return multiscale_logits(model, variables, images, options.scales, options.flip,
+                                 options.fusion)
 
-    if not window_size:
+    if not options.window_size:
         return predict(images_BxHxWx3)
-    window = tuple(window_size)
-    stride = tuple(window_stride) if window_stride else tuple(max(1, (w * 2) // 3) for w in window)
-    return sliding_window_logits(predict, images_BxHxWx3, window, stride, pad_value)
+    window = tuple(options.window_size)
+    stride = (tuple(options.window_stride) if options.window_stride
+              else tuple(max(1, (w * 2) // 3) for w in window))
+    return sliding_window_logits(predict, images_BxHxWx3, window, stride, options.pad_value)

@@ -21,6 +21,7 @@ import dataclasses
 import re
 
 import numpy as np
+from flax import traverse_util
 
 # Shorthands accepted in `allow_missing`.
 PATH_SHORTHANDS = {
@@ -88,28 +89,14 @@ def _clip(items):
                                  else f"... and {rest} more"]
 
 
-def flatten(tree, prefix=""):
+def flatten(tree):
     """Nested dict -> {'a/b/c': leaf}."""
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict) or hasattr(value, "items"):
-            flat.update(flatten(value, path))
-        else:
-            flat[path] = value
-    return flat
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def unflatten(flat):
     """{'a/b/c': leaf} -> nested plain dicts."""
-    tree = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def compile_patterns(allow_missing):

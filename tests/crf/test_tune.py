@@ -77,8 +77,8 @@ def test_padding_to_shared_sizes_keeps_the_scores(result):
     CRF, so the scores match the unpadded search (up to lattice vertices the padding adds)."""
     scenes, found = result
     images, probs, labels = zip(*scenes)
-    padded = crf_search.search(images, probs, labels, 3, coarse_grid=GRID, refine=False, batch_size=4,
-                         progress=False, pad_multiple=16)
+    padded = crf_search.search(images, probs, labels, 3, coarse_grid=GRID, refine=False,
+                               batch_size=4, progress=False, pad_multiple=16)
     unpadded = dict(found.rows)
     for params, score in padded.rows:
         assert score == pytest.approx(unpadded[params], abs=0.01)
@@ -86,7 +86,8 @@ def test_padding_to_shared_sizes_keeps_the_scores(result):
 
 
 def test_refine_grid_and_bad_inputs():
-    grid = crf_search.refine_grid(CRFParams(bi_w=3.0, bi_xy_std=30.0, bi_rgb_std=3.0, pos_xy_std=3.0))
+    grid = crf_search.refine_grid(
+        CRFParams(bi_w=3.0, bi_xy_std=30.0, bi_rgb_std=3.0, pos_xy_std=3.0))
     assert grid["bi_w"] == (2.5, 3.0, 3.5) and grid["bi_xy_std"] == (25.0, 30.0, 35.0)
     assert grid["pos_w"] == (3.0,) and grid["pos_xy_std"] == (3.0,)
     image, probs, labels = _scene(0)

@@ -10,7 +10,8 @@ import importlib
 
 import pytest
 
-from deeplab_jax import train, train_state
+from deeplab_jax import experiment
+from deeplab_jax.train.loop import train_and_evaluate
 from deeplab_jax.data import sources
 
 pytestmark = pytest.mark.slow
@@ -75,9 +76,9 @@ def _write_coco_stuff(fakes, rng, root):
 def test_config_trains_on_fake_layout(config_module, write, tmp_path, rng, fakes):
     config = importlib.import_module(f"configs.{config_module}").get_config()
     write(fakes, rng, tmp_path / "manual")
-    descriptor = train_state.dataset_descriptor(config)
+    descriptor = experiment.dataset_descriptor(config)
     config = _tiny(config, tmp_path, tmp_path / "manual")
-    results = train.train_and_evaluate(config, str(tmp_path / "workdir"))
+    results = train_and_evaluate(config, str(tmp_path / "workdir"))
     # Every labelled val pixel was scored once, over the data set's own K classes.
     val = sources.load_split(descriptor, descriptor.eval_split, config.dataset.data_dir)
     labelled = sum(int((val[i]["label"] != 255).sum()) for i in range(len(val)))
@@ -97,6 +98,6 @@ def test_folder_dataset_trains(tmp_path, rng, fakes):
     config = importlib.import_module("configs.voc").get_config()
     config.dataset.name = "folder"
     config = _tiny(config, tmp_path, root)
-    descriptor = train_state.dataset_descriptor(config)
-    results = train.train_and_evaluate(config, str(tmp_path / "workdir"))
+    descriptor = experiment.dataset_descriptor(config)
+    results = train_and_evaluate(config, str(tmp_path / "workdir"))
     assert results["confusion"].shape == (3, 3) and descriptor.splits == {"train": 9, "val": 1}

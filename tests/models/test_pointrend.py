@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_backbones import random_variables
 
-from deeplab_jax import models, pointrend_loss
+from deeplab_jax import losses, models
 from deeplab_jax.models import pointrend
 from deeplab_jax.models.resize import resize_bilinear
 
@@ -189,7 +189,7 @@ def test_pointrend_model_outputs_loss_and_gradients(tiny_pointrend_model):
         recomputed = model.point_head.apply(
             {"params": params["point_head"]}, fine,
             pointrend.point_sample(outputs["logits"], outputs["points"]))
-        return pointrend_loss.pointrend_loss(outputs, labels), (outputs, recomputed)
+        return losses.pointrend_loss(outputs, labels), (outputs, recomputed)
 
     (loss, (outputs, recomputed)), grads = jax.jit(
         jax.value_and_grad(loss_fn, has_aux=True))(params)
@@ -215,14 +215,14 @@ def test_pointrend_errors(tiny_pointrend_model):
     with pytest.raises(ValueError, match="msc_scales"):
         msc.apply(variables, x, return_points=True, rngs={"points": jax.random.key(0)})
     with pytest.raises(ValueError, match="return_points=True"):
-        pointrend_loss.pointrend_loss({"logits": jnp.zeros((1, 3, 3, 2))}, jnp.zeros((1, 9, 9)))
+        losses.pointrend_loss({"logits": jnp.zeros((1, 3, 3, 2))}, jnp.zeros((1, 9, 9)))
 
 
 def test_point_loss_by_hand():
     labels = jnp.asarray([[[0, 1, 255], [2, 1, 0]]], jnp.int32)  # H = 2, W = 3
     points = jnp.asarray([[[0.0, 0.0], [0.0, 1.0], [1.0, 0.5], [1.0, 0.0]]])  # labels 0 255 1 2
     logits = jnp.asarray([[[2.0, 0.0, 0.0], [0.0, 0.0, 9.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.0]]])
-    got = float(pointrend_loss.point_loss(logits, points, labels))
+    got = float(losses.point_loss(logits, points, labels))
 
     def nll(row, label):
         return np.log(np.exp(row).sum()) - row[label]

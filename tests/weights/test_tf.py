@@ -21,7 +21,7 @@ from deeplab_jax.models.separable import SeparableConvBN
 from deeplab_jax.weights import WeightImportError, import_weights, tf_bundle
 from deeplab_jax.weights.mapping import flatten
 
-from . import relative_error
+from tests.helpers.weights_reference import relative_error
 
 TF_MISSING = "TensorFlow is not installed (pip install 'deeplab-jax[tf]'); it writes the checkpoint"
 MODEL = "deeplab_v3plus_xception65"

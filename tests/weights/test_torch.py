@@ -12,7 +12,7 @@ from deeplab_jax import models
 from deeplab_jax.weights import WeightImportError, import_weights
 from deeplab_jax.weights.mapping import flatten
 
-from . import (
+from tests.helpers.weights_reference import (
     TINY_V2,
     TINY_V2_RATES,
     caffe_bgr_nchw,

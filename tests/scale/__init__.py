@@ -1,1 +1,0 @@
-"""Scale-out tests: multi-host, parameter sharding, mixed precision, remat, accumulation."""

@@ -1,6 +1,6 @@
 """One process of the multi-host tests (run by test_multihost.py; not a test module itself).
 
-python tests/scale/multihost_worker.py ROLE OUT_DIR DATA_DIR [PORT PROCESS_ID NUM_PROCESSES]
+python tests/parallel/multihost_worker.py ROLE OUT_DIR DATA_DIR [PORT PROCESS_ID NUM_PROCESSES]
   train:     this process of a multi-process train_and_evaluate (jax.distributed over loopback,
              gloo CPU collectives); writes OUT_DIR/confusion_<id>.npy and OUT_DIR/done_<id>
   long:      the same, for many steps (the test kills a peer while it runs)

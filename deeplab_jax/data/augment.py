@@ -3,7 +3,7 @@
 Training (paper 002, §4.1.2 and the released recipe): random scale in [0.5, 1.5] (bilinear for the
 image, nearest for the label), pad to at least the crop size with the mean colour (image) and the
 ignore label (label), random crop, random left-right flip. Images stay uint8 so host work and
-host->device transfer are halved; normalisation happens inside the jitted step (DESIGN.md, data).
+host->device transfer are halved; normalisation happens inside the jitted step.
 
 Evaluation: each image is padded bottom/right to one fixed size with a validity mask, so every eval
 batch has the same shape and compiles once; padding never enters the metrics.
@@ -16,7 +16,7 @@ import cv2
 import grain
 import numpy as np
 
-IGNORE_LABEL = 255
+from deeplab_jax.data.datasets import IGNORE_LABEL, PAD_RGB
 
 
 def _pad_to(array, height, width, value):
@@ -38,7 +38,7 @@ class TrainAugment(grain.transforms.RandomMap):
     crop_size: Tuple[int, int]
     scale_range: Tuple[float, float] = (0.5, 1.5)
     flip: bool = True
-    pad_value: Tuple[float, float, float] = (124, 116, 104)  # ImageNet RGB mean, rounded
+    pad_value: Tuple[float, float, float] = PAD_RGB
     ignore_label: int = IGNORE_LABEL
 
     def random_map(self, example, rng: np.random.Generator):
@@ -72,7 +72,7 @@ class EvalPad(grain.transforms.Map):
 
     size: Tuple[int, int]
     ignore_label: int = IGNORE_LABEL
-    pad_value: Tuple[float, float, float] = (124, 116, 104)
+    pad_value: Tuple[float, float, float] = PAD_RGB
 
     def map(self, example):
         image, label = example["image"], example["label"]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from deeplab_jax.data.augment import EvalPad, TrainAugment, empty_eval_example
+from deeplab_jax.data.datasets import IGNORE_LABEL, PAD_RGB
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
@@ -29,7 +30,7 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 
 def create_train_dataset(source, *, global_batch_size, crop_size, seed, scale_range=(0.5, 1.5),
-                         flip=True, pad_value=(124, 116, 104), ignore_label=255, worker_count=0,
+                         flip=True, pad_value=PAD_RGB, ignore_label=IGNORE_LABEL, worker_count=0,
                          read_threads=2) -> grain.IterDataset:
     """Endless stream of batches {'image': uint8 [b, h, w, 3], 'label': uint8 [b, h, w]}.
 
@@ -65,7 +66,7 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
     return math.ceil(num_examples / global_batch_size)
 
 
-def eval_batches(source, *, global_batch_size, size, ignore_label=255, pad_value=(124, 116, 104),
+def eval_batches(source, *, global_batch_size, size, ignore_label=IGNORE_LABEL, pad_value=PAD_RGB,
                  max_examples=None):
     """Yields per-process eval batches; every example appears once over all processes.
 

@@ -24,6 +24,11 @@ class DataNotFoundError(FileNotFoundError):
     """The data set is neither built nor buildable from what is on disk (missing dir or files)."""
 
 
+class ArchiveError(DataNotFoundError):
+    """An archive cannot be used: not downloadable, truncated, corrupt, not the published file, or
+    with members that would land outside the extraction folder."""
+
+
 class BadExampleError(ValueError):
     """One example cannot be used as it is: names the file and the problem."""
 

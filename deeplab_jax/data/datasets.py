@@ -91,7 +91,8 @@ ARCHIVES: Dict[str, Archive] = {
         "https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz",),
         md5="df034edb2c12aa7d33b42b20bb1796e3"),
     # SHA-256 and sizes: TFDS's coco checksums.
-    "coco_train2017": Archive("train2017.zip", ("http://images.cocodataset.org/zips/train2017.zip",)),
+    "coco_train2017": Archive("train2017.zip",
+                              ("http://images.cocodataset.org/zips/train2017.zip",)),
     "coco_val2017": Archive("val2017.zip", ("http://images.cocodataset.org/zips/val2017.zip",)),
     # The COCO-Stuff README gives only '659 MB'; no hash is published.
     "cocostuff_maps": Archive("stuffthingmaps_trainval2017.zip", (
@@ -158,7 +159,7 @@ PERSON_PART_LAYOUT = """\
 PERSON_PART_INSTRUCTIONS = f"""\
 PASCAL-Person-Part is not downloaded at run time. Put in the manual directory
 (--config.dataset.manual_dir):
-  pascal_person_part.tar.gz      (DeepLab project page, http://liangchiehchen.com/projects/DeepLab.html)
+  pascal_person_part.tar.gz  DeepLab project page, http://liangchiehchen.com/projects/DeepLab.html
 {_downloads("voc2010")}
   (from_parts: PASCAL-Part trainval.tar.gz, http://roozbehm.info/pascal-parts/pascal-parts.html)"""
 

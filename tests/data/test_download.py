@@ -147,7 +147,8 @@ def test_truncated_transfer_is_an_error_and_a_retry_downloads_again(tmp_path, rn
     httpd.truncate["VOCtrainval_11-May-2012.tar"] = os.path.getsize(voc_tar) // 2
     descriptor = datasets.get_dataset("voc2012")
     data_dir = tmp_path / "tfds"
-    with pytest.raises(ArchiveError, match="could not download VOCtrainval_11-May-2012.tar") as error:
+    with pytest.raises(ArchiveError, match="could not download VOCtrainval_11-May-2012.tar"
+                       ) as error:
         sources.prepare(descriptor, str(data_dir))
     assert url in str(error.value)
     assert _no_prepared_version(data_dir)

@@ -45,7 +45,8 @@ def test_seeded_split_round_trip_and_descriptor(tmp_path, rng):
     assert descriptor.class_names == CLASSES and descriptor.num_classes == 4
     assert descriptor.splits == {"train": 5, "val": 1}
     assert descriptor.eval_size == (25, 33)  # 24x32 rounded up to 8k + 1
-    assert descriptor.tfds_name == f"folder_segmentation/{folder_layout.folder_config_name(str(root))}"
+    config_name = folder_layout.folder_config_name(str(root))
+    assert descriptor.tfds_name == f"folder_segmentation/{config_name}"
     train = sources.load_split(descriptor, "train", str(tmp_path / "tfds"), str(root))
     val = sources.load_split(descriptor, "val", str(tmp_path / "tfds"), str(root))
     records = {r["image_id"]: r for r in [train[i] for i in range(len(train))]
@@ -57,7 +58,8 @@ def test_seeded_split_round_trip_and_descriptor(tmp_path, rng):
     # The same seed gives the same split; a different folder gets a different config name.
     again = folder_layout.split_stems(str(root), list(truth), 0.1, 0)
     assert again["val"] == [val[0]["image_id"]]
-    assert folder_layout.folder_config_name(str(root)) != folder_layout.folder_config_name(str(tmp_path / "x"))
+    assert folder_layout.folder_config_name(str(root)) != folder_layout.folder_config_name(
+        str(tmp_path / "x"))
 
 
 def test_list_files_and_bad_inputs(tmp_path, rng, build):

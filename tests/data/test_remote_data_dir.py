@@ -50,7 +50,8 @@ def child(bucket_root: str):
     assert built.is_prepared() and reopened.is_prepared()
     assert {s: i.num_examples for s, i in reopened.info.splits.items()} == {"train": 48, "val": 16}
     assert "tensorflow" not in sys.modules, "TensorFlow was imported"
-    print("OK", sorted(os.listdir(os.path.join(bucket_root, "bucket/tfds/deeplab_demo/tiny/1.1.0"))))
+    version_dir = os.path.join(bucket_root, "bucket/tfds/deeplab_demo/tiny/1.1.0")
+    print("OK", sorted(os.listdir(version_dir)))
 
 
 def test_gs_data_dir_is_built_in_staging_and_copied_without_tensorflow(tmp_path):

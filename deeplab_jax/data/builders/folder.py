@@ -27,7 +27,7 @@ class FolderSegmentation(ManualSegmentationBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [FolderConfig(name="default", description="a folder of images and masks")]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = folder_layout.INSTRUCTIONS
+    INSTRUCTIONS = folder_layout.INSTRUCTIONS
     LAYOUT = folder_layout.LAYOUT
     IMAGE_FORMAT = None  # JPEG and PNG files are both stored as they are
 

@@ -1,4 +1,4 @@
-"""What every builder that reads an official release (downloaded, or from a manual directory) shares.
+"""What every builder that reads an official release (downloaded or from a manual directory) shares.
 
 A subclass lists its examples per split (`_list_examples`: ids + file paths, nothing decoded yet)
 and turns one into a record (`_load_example`: bytes read, decoded, checked, labels mapped). This
@@ -66,6 +66,7 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
     NUM_CLASSES: int = 0
     OFFICIAL_SPLIT_SIZES: Mapping[str, Mapping[str, int]] = {}  # config name -> split -> size
     DOWNLOADS: Mapping[str, Tuple[str, ...]] = {}  # config name -> datasets.ARCHIVES keys
+    INSTRUCTIONS: str = ""  # where to get the release (MANUAL_DOWNLOAD_INSTRUCTIONS adds LAYOUT)
     LAYOUT: str = ""
     # Subclasses set these.
     IMAGE_FORMAT: str = "jpeg"
@@ -80,8 +81,9 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
             cls.NUM_CLASSES = first.num_classes
             cls.OFFICIAL_SPLIT_SIZES = {config: dict(d.splits) for config, d in facts.items()}
             cls.DOWNLOADS = {config: d.downloads for config, d in facts.items()}
-            cls.LAYOUT = first.layout
-            cls.MANUAL_DOWNLOAD_INSTRUCTIONS = f"{first.manual_instructions}\nLayout:\n{first.layout}"
+            cls.INSTRUCTIONS, cls.LAYOUT = first.manual_instructions, first.layout
+        if cls.INSTRUCTIONS:
+            cls.MANUAL_DOWNLOAD_INSTRUCTIONS = f"{cls.INSTRUCTIONS}\nLayout:\n{cls.LAYOUT}"
 
     def __init__(self, *, skip_bad: bool = False, full_data: Optional[bool] = None, **kwargs):
         self._skip_bad = bool(skip_bad)
@@ -188,11 +190,13 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
 
     def missing_error(self, missing: Sequence[str]) -> validation.DataNotFoundError:
         """One error listing every missing path, the layout and where the data come from."""
-        root = self._manual_dir or (f"the archives downloaded into {self._dl_manager.download_dir}"
-                                    " (do they hold the official layout?)")
-        return validation.missing_files_error(self.name, root, missing, self.LAYOUT,
-                                              self.MANUAL_DOWNLOAD_INSTRUCTIONS.partition(
-                                                  "\nLayout:")[0])
+        if self._manual_dir:
+            return validation.missing_files_error(self.name, self._manual_dir, missing,
+                                                  self.LAYOUT, self.INSTRUCTIONS)
+        return validation.missing_files_error(
+            self.name, os.path.join(os.fspath(self._dl_manager.download_dir),
+                                    "downloaded_extracted"),
+            missing, self.LAYOUT, self.INSTRUCTIONS, downloaded=True)
 
     def locate(self, folder: str, archives: Sequence[str], members: Sequence[str] = (),
                check_extracted: bool = True, download: Optional[str] = None) -> Optional[str]:
@@ -302,7 +306,7 @@ def _given_manual_dir(dl_manager) -> Optional[str]:
 
 
 def _discard(path: str):
-    """Deletes a downloaded file and TFDS's record of it, so that the next run downloads it again."""
+    """Deletes a downloaded file and TFDS's record of it: the next run downloads it again."""
     for stale in (path, f"{path}.INFO"):
         if os.path.exists(stale):
             os.remove(stale)

@@ -8,8 +8,9 @@ Reads the release's full-label files trainval/<id>.mat ('LabelMap', uint16: 0 un
 line numbers of labels.txt) and maps them to 0-59 by class name (label_maps.context_459_to_60):
 each of the 59 classes of 59_labels.txt gets its index (1-59), every other class and unlabelled
 pixels become 0 'background'. Without a manual directory the archives are downloaded
-(datasets.ARCHIVES 'context_labels', 'voc2010'). If the release's labels.txt / 59_labels.txt are in the manual
-directory they are checked against the transcribed lists and a mismatch stops the build.
+(datasets.ARCHIVES 'context_labels', 'voc2010'). If the release's labels.txt / 59_labels.txt are
+in the manual directory they are checked against the transcribed lists and a mismatch stops the
+build.
 """
 
 import os

@@ -137,7 +137,7 @@ CONTEXT_LAYOUT = """\
   <manual_dir>/VOCdevkit/VOC2010/JPEGImages/<id>.jpg
   <manual_dir>/VOCdevkit/VOC2010/ImageSets/Main/{train,val}.txt
   (or the archives trainval.tar.gz and VOCtrainval_03-May-2010.tar in <manual_dir>)"""
-CONTEXT_INSTRUCTIONS = _DOWNLOADED.format(name="PASCAL-Context", size="1.6 GB",
+CONTEXT_INSTRUCTIONS = _DOWNLOADED.format(name="PASCAL-Context", size="VOC 2010 is 1.3 GB",
                                           downloads=_downloads(*CONTEXT_DOWNLOADS))
 
 COCO_STUFF_LAYOUT = """\

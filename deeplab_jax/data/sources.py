@@ -72,7 +72,13 @@ def get_builder(tfds_name: str, data_dir: str | None = None, **builder_kwargs):
             kwargs["config"] = cls.make_config(config_name)
         else:
             kwargs["config"] = config_name
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ImportError as error:  # gs:// without TensorFlow needs gcsfs
+        if _is_local(data_dir):
+            raise
+        raise ImportError(f"data_dir {data_dir!r}: {error} (pip install 'deeplab-jax[gcs]')"
+                          ) from error
 
 
 def check_builder_fits(descriptor: DatasetDescriptor):

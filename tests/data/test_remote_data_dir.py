@@ -39,10 +39,18 @@ class LocalBucket(LocalFileSystem):
 def child(bucket_root: str):
     """Runs in the child process: prepare the tiny demo into gs://bucket/tfds, then reopen it."""
     import dataclasses
+    import importlib.util
 
+    from deeplab_jax.data import datasets, sources
+
+    if importlib.util.find_spec("gcsfs") is None:  # the error names the extra to install
+        try:
+            sources.get_builder("deeplab_demo/tiny", "gs://bucket/tfds")
+            raise AssertionError("gs:// without gcsfs should fail")
+        except ImportError as error:
+            assert "deeplab-jax[gcs]" in str(error), error
     for protocol in LocalBucket.protocol:
         fsspec.register_implementation(protocol, LocalBucket, clobber=True)
-    from deeplab_jax.data import datasets, sources
 
     descriptor = dataclasses.replace(datasets.get_dataset("demo"), tfds_name="deeplab_demo/tiny")
     built = sources.prepare(descriptor, "gs://bucket/tfds")

@@ -109,14 +109,15 @@ def prepare(descriptor: DatasetDescriptor, data_dir: str | None = None,
     if builder.is_prepared():
         return builder
     if manual_dir:
-        if not os.path.isdir(os.path.expanduser(manual_dir)):
+        expanded = os.path.expanduser(manual_dir)
+        if not os.path.isdir(expanded) or not os.listdir(expanded):
             raise DataNotFoundError(
                 f"data set {descriptor.name!r} ({descriptor.tfds_name}) is not built in "
                 f"{builder.data_dir} and the manual directory "
-                f"--config.dataset.manual_dir={manual_dir!r} does not exist"
-                + (" (leave it empty to download the public release)" if descriptor.downloads
+                f"--config.dataset.manual_dir={manual_dir!r} does not exist or is empty"
+                + (" (set it to '' to download the public release)" if descriptor.downloads
                    else "") + f".\n{_instructions(descriptor)}")
-        manual_dir = os.path.expanduser(manual_dir)
+        manual_dir = expanded
     elif not (descriptor.generated or descriptor.downloads):
         raise DataNotFoundError(
             f"data set {descriptor.name!r} ({descriptor.tfds_name}) is not built in "

@@ -124,11 +124,14 @@ def test_prepare_without_manual_dir_says_what_to_put_where(tmp_path):
     # but absent is a mistake, not a reason to download.
     for name in ("voc2012_trainaug", "pascal_context", "coco_stuff164k"):
         descriptor = datasets.get_dataset(name)
-        with pytest.raises(DataNotFoundError, match="does not exist .leave it empty to download"
-                           ) as error:
-            sources.prepare(descriptor, str(tmp_path / "tfds"), str(tmp_path / "absent"))
-        assert descriptor.tfds_name in str(error.value)
-        assert "Layout:" in str(error.value)
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        for manual_dir in (tmp_path / "absent", tmp_path / "empty"):
+            with pytest.raises(DataNotFoundError,
+                               match="does not exist or is empty .set it to '' to download"
+                               ) as error:
+                sources.prepare(descriptor, str(tmp_path / "tfds"), str(manual_dir))
+            assert descriptor.tfds_name in str(error.value)
+            assert "Layout:" in str(error.value)
 
 
 def test_corrupt_mask_written_as_rgb_is_rejected(tmp_path, rng, build):

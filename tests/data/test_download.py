@@ -54,7 +54,8 @@ def server(tmp_path):
     httpd = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     httpd.truncate = {}
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
     httpd.shutdown()

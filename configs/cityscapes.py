@@ -1,7 +1,7 @@
 """Cityscapes (fine), 19 classes at full resolution, DeepLab-v2 (§4.4, Tables 8-9).
 
-Commands (data: leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip, extracted or not, layout
-in deeplab_jax/data/builders/cityscapes.py):
+Commands (data: leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip, extracted or not; not
+downloaded at run time (registration needed), layout in deeplab_jax/data/datasets.py):
   python -m deeplab_jax.main --config=configs/cityscapes.py --workdir=runs/cityscapes \
       --config.dataset.manual_dir=/data/cityscapes
 Variants: v2_aspp_l (default), v2_largefov; v3, v3plus, v3plus_xception65 (v3/v3+ recipe, crop 769,

@@ -1,9 +1,9 @@
 """COCO-Stuff 164k (171 classes): the MS-COCO pre-training stage of DeepLab-v2 (§4.1.2).
 
-Commands (data: COCO 2017 train/val images + stuffthingmaps_trainval2017.zip, layout in
-deeplab_jax/data/builders/coco_stuff.py):
-  python -m deeplab_jax.main --config=configs/cocostuff.py --workdir=runs/coco_stuff \
-      --config.dataset.manual_dir=/data/coco
+Commands (data: COCO 2017 train/val images + stuffthingmaps_trainval2017.zip, 21 GB, downloaded on
+first use; offline, give them as --config.dataset.manual_dir=/data/coco, layout in
+deeplab_jax/data/datasets.py):
+  python -m deeplab_jax.main --config=configs/cocostuff.py --workdir=runs/coco_stuff
 Then fine-tune on VOC / Context / Person-Part with --config.model.init_checkpoint=runs/coco_stuff.
 Variants: v2_aspp_l (default), v2_largefov.
 Expected: the paper reports no COCO(-Stuff) mIoU of its own; what it measures is the gain of COCO

@@ -1,10 +1,10 @@
 """PASCAL-Context, 59 classes + background, DeepLab-v2 (§4.2, Table 6).
 
-Commands (data: PASCAL-Context trainval.tar.gz + VOC 2010, layout in
-deeplab_jax/data/builders/pascal_context.py):
-  python -m deeplab_jax.main --config=configs/context.py --workdir=runs/context_v2_msc \
+Commands (data: PASCAL-Context trainval.tar.gz + VOC 2010, downloaded on first use; offline, give
+them as --config.dataset.manual_dir, layout in deeplab_jax/data/datasets.py):
+  python -m deeplab_jax.main --config=configs/context.py --workdir=runs/context_v2_msc
+  python -m deeplab_jax.main --config=configs/context.py:v2_aspp_l --workdir=runs/context_aspp \
       --config.dataset.manual_dir=/data/pascal_context
-  python -m deeplab_jax.main --config=configs/context.py:v2_aspp_l --workdir=runs/context_aspp
 Variants: v2_msc (default: ResNet-101 ASPP-L with multi-scale inputs, the paper's best),
 v2_aspp_l, v2_largefov, v1_largefov.
 Expected val mIoU (paper, Table 6 / §4.2): VGG-16 LargeFOV 37.6 (39.6 with CRF); ResNet-101 about

@@ -1,7 +1,7 @@
 """PASCAL-Person-Part, 6 parts + background, DeepLab-v2 (§4.3, Table 7).
 
-Commands (data: the Person-Part release + VOC 2010, layout in
-deeplab_jax/data/builders/person_part.py):
+Commands (data: the Person-Part release + VOC 2010, not downloaded at run time, layout in
+deeplab_jax/data/datasets.py):
   python -m deeplab_jax.main --config=configs/person_part.py --workdir=runs/person_part \
       --config.dataset.manual_dir=/data/person_part
   python -m deeplab_jax.main --config=configs/person_part.py:v2 --workdir=runs/person_part_ss

@@ -1,9 +1,10 @@
 """PASCAL VOC 2012 with the DeepLab-v1/v2 papers' settings (DeepLab-v2 §4.1).
 
-Commands (data from the official releases, see `deeplab_jax/data/datasets.py` for the layout):
-  python -m deeplab_jax.main --config=configs/voc.py --workdir=runs/voc_v2_aspp_l \
+Commands (data: VOC 2012 + SBD, downloaded on first use; offline, give the official archives or
+their extracted folders as --config.dataset.manual_dir, layout in deeplab_jax/data/datasets.py):
+  python -m deeplab_jax.main --config=configs/voc.py --workdir=runs/voc_v2_aspp_l
+  python -m deeplab_jax.main --config=configs/voc.py:v1_largefov --workdir=runs/voc_v1 \
       --config.dataset.manual_dir=/data/voc
-  python -m deeplab_jax.main --config=configs/voc.py:v1_largefov --workdir=runs/voc_v1
 Variants: v2_aspp_l (default), v2_aspp_s, v2_largefov, v2_msc, v1_largefov.
 Expected val mIoU (paper, before CRF, ImageNet-initialised; Tables 3-4): v1 LargeFOV 62.25 (VGG-16,
 train aug), v2 ResNet-101 LargeFOV 69.7-ish with MSC+COCO, ASPP-L 71.57 with MSC + COCO init and

@@ -8,7 +8,7 @@ learnable by a small model in minutes on two CPU cores:
 - object sizes differ 4x (diameters 18-72 px), which is what multi-scale context (ASPP, MSC) is for;
 - objects touch and occlude each other (later objects are drawn on top; labels show what is visible);
 - thin parts: the bar class is 6-9 px wide and up to 100 px long, the cross has 6 px+ arms, the ring a
-  5 px+ wall — close to the limit of an output-stride-8 network (DESIGN.md calibration notes);
+  5 px+ wall — close to the limit of an output-stride-8 network;
 - like PASCAL VOC, a band of label 255 (ignored) runs along every object boundary.
 
 Everything is a pure function of (seed, split, index), so the data set is identical on every machine
@@ -20,10 +20,11 @@ import zlib
 import cv2
 import numpy as np
 
-CLASS_NAMES = ("background", "disc", "square", "triangle", "ring", "star", "bar", "cross")
+from deeplab_jax.data.datasets import DEMO_CLASS_NAMES as CLASS_NAMES
+from deeplab_jax.data.datasets import DEMO_IMAGE_SIZE as IMAGE_SIZE
+from deeplab_jax.data.datasets import IGNORE_LABEL
+
 NUM_CLASSES = len(CLASS_NAMES)
-IGNORE_LABEL = 255
-IMAGE_SIZE = 129  # 8k+1: logit i sits exactly on pixel 8i (as 321 and 513 in the paper)
 MIN_RADIUS, MAX_RADIUS = 9.0, 36.0  # diameters 18..72 px: a 4x range of scales
 OBJECTS_PER_IMAGE = (2, 5)
 # An object's colour differs from the mean of what it covers by at least this RGB distance, so its

@@ -11,8 +11,9 @@ import importlib
 import pytest
 
 from deeplab_jax import experiment
-from deeplab_jax.train.loop import train_and_evaluate
 from deeplab_jax.data import sources
+from deeplab_jax.train.loop import train_and_evaluate
+from tests.helpers import official_layouts as layouts
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def _tiny(config, tmp_path, manual_dir):
     config.model.init_checkpoint = ""
     config.input.crop_size = (17, 17)
     config.input.worker_count = 0
-    config.eval.size = (25, 33)  # the fakes are 24x32
+    config.eval.size = (25, 33)  # the fake layouts are 24x32
     config.batch_size = 8
     config.eval.batch_size = 8
     config.num_steps = 2
@@ -38,30 +39,30 @@ def _tiny(config, tmp_path, manual_dir):
     return config
 
 
-def _write_voc(fakes, rng, root):
-    fakes.write_voc(root, rng, with_sbd=True)
+def _write_voc(rng, root):
+    layouts.write_voc(root, rng, with_sbd=True)
 
 
-def _write_context(fakes, rng, root):
-    fakes.write_context(root, rng, {i: rng.integers(0, 460, (fakes.HEIGHT, fakes.WIDTH))
-                                    for i in fakes.CONTEXT_TRAIN + fakes.CONTEXT_VAL})
+def _write_context(rng, root):
+    layouts.write_context(root, rng, {i: rng.integers(0, 460, (layouts.HEIGHT, layouts.WIDTH))
+                                    for i in layouts.CONTEXT_TRAIN + layouts.CONTEXT_VAL})
 
 
-def _write_person_part(fakes, rng, root):
-    fakes.write_person_part_release(root, rng, {
-        i: fakes.random_label(rng, 7) for i in fakes.PERSON_TRAIN + fakes.PERSON_VAL})
+def _write_person_part(rng, root):
+    layouts.write_person_part_release(root, rng, {
+        i: layouts.random_label(rng, 7) for i in layouts.PERSON_TRAIN + layouts.PERSON_VAL})
 
 
-def _write_cityscapes(fakes, rng, root):
-    shape = (fakes.HEIGHT, fakes.WIDTH)
-    fakes.write_cityscapes(root, rng, {
+def _write_cityscapes(rng, root):
+    shape = (layouts.HEIGHT, layouts.WIDTH)
+    layouts.write_cityscapes(root, rng, {
         "train": {"aachen": [rng.integers(0, 34, shape) for _ in range(3)]},
         "val": {"frankfurt": [rng.integers(0, 34, shape) for _ in range(2)]}})
 
 
-def _write_coco_stuff(fakes, rng, root):
-    shape = (fakes.HEIGHT, fakes.WIDTH)
-    fakes.write_coco_stuff(root, rng, {
+def _write_coco_stuff(rng, root):
+    shape = (layouts.HEIGHT, layouts.WIDTH)
+    layouts.write_coco_stuff(root, rng, {
         "train2017": {f"{i:012d}": rng.choice([0, 5, 91, 181, 255], shape) for i in range(3)},
         "val2017": {f"{i:012d}": rng.choice([0, 91, 255], shape) for i in range(10, 12)}})
 
@@ -73,9 +74,9 @@ def _write_coco_stuff(fakes, rng, root):
     ("cityscapes", _write_cityscapes),
     ("cocostuff", _write_coco_stuff),
 ])
-def test_config_trains_on_fake_layout(config_module, write, tmp_path, rng, fakes):
+def test_config_trains_on_fake_layout(config_module, write, tmp_path, rng):
     config = importlib.import_module(f"configs.{config_module}").get_config()
-    write(fakes, rng, tmp_path / "manual")
+    write(rng, tmp_path / "manual")
     descriptor = experiment.dataset_descriptor(config)
     config = _tiny(config, tmp_path, tmp_path / "manual")
     results = train_and_evaluate(config, str(tmp_path / "workdir"))
@@ -87,14 +88,15 @@ def test_config_trains_on_fake_layout(config_module, write, tmp_path, rng, fakes
     assert 0.0 <= results["miou"] <= 1.0
 
 
-def test_folder_dataset_trains(tmp_path, rng, fakes):
+def test_folder_dataset_trains(tmp_path, rng):
     """A custom folder through the VOC config with config.dataset.name='folder'."""
     root = tmp_path / "manual"
     (root / "images").mkdir(parents=True)
     (root / "classes.txt").write_text("background\nthing\nstuff\n")
     for index in range(10):
-        fakes.write_jpeg(str(root / "images" / f"{index:03d}.jpg"), rng)
-        fakes.write_gray_png(str(root / "masks" / f"{index:03d}.png"), fakes.random_label(rng, 3))
+        layouts.write_jpeg(str(root / "images" / f"{index:03d}.jpg"), rng)
+        layouts.write_gray_png(str(root / "masks" / f"{index:03d}.png"),
+                               layouts.random_label(rng, 3))
     config = importlib.import_module("configs.voc").get_config()
     config.dataset.name = "folder"
     config = _tiny(config, tmp_path, root)

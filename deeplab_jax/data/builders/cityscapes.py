@@ -25,43 +25,25 @@ LABEL_ARCHIVES = ("gtFine_trainvaltest.zip",)
 SPLITS = ("train", "val", "test")
 NUM_LABEL_IDS = 34  # labelIds 0-33 occur in *_labelIds.png
 
-_LAYOUT = """\
-  <manual_dir>/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
-  <manual_dir>/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
-  (or the archives leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip in <manual_dir>)"""
-
-INSTRUCTIONS = f"""\
-Cityscapes is not downloaded at run time (registration needed). Put in the manual directory
-(--config.dataset.manual_dir) from https://www.cityscapes-dataset.com/downloads/:
-  leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip (extracted or as they are)
-Layout:
-{_LAYOUT}"""
-
 
 class CityscapesSemantic(ManualSegmentationBuilder):
     """Cityscapes (gtFine), 19 trainId classes, 255 = void / not evaluated."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-    NUM_CLASSES = 19
     IMAGE_FORMAT = "png"
-    OFFICIAL_SPLIT_SIZES = {"default": {"train": 2975, "val": 500, "test": 1525}}
     HOMEPAGE = "https://www.cityscapes-dataset.com/"
 
-    def _list_examples(self, manual_dir, dl_manager):
-        images = self.locate(manual_dir, IMAGE_ROOT, IMAGE_ARCHIVES, dl_manager,
-                             members=(f"{IMAGE_ROOT}/",))
-        labels = self.locate(manual_dir, LABEL_ROOT, LABEL_ARCHIVES, dl_manager,
-                             members=(f"{LABEL_ROOT}/",))
+    def _list_examples(self):
+        images = self.locate(IMAGE_ROOT, IMAGE_ARCHIVES, members=(f"{IMAGE_ROOT}/",))
+        labels = self.locate(LABEL_ROOT, LABEL_ARCHIVES, members=(f"{LABEL_ROOT}/",))
         missing = [f"{root}/{split}" for root, found in ((IMAGE_ROOT, images), (LABEL_ROOT, labels))
                    for split in SPLITS
                    if found is None or not os.path.isdir(os.path.join(found, split))]
         # The test split is optional (its labels are placeholders); train and val are not.
         missing = [path for path in missing if not path.endswith("/test")]
         if missing:
-            raise validation.missing_files_error(self.name, manual_dir, missing, _LAYOUT,
-                                                 INSTRUCTIONS)
+            raise self.missing_error(missing)
         self._table = label_maps.cityscapes_label_to_train_id()
         listed = {}
         for split in SPLITS:

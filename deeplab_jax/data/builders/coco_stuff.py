@@ -5,6 +5,7 @@ labels all 164k COCO images with 80 thing + 91 stuff classes. The stuffthingmaps
 PNGs hold labels.md id - 1 (0-181) and 255 for unlabeled; 11 of the 182 ids were removed from
 COCO and never occur, so the 171 used ids are renumbered 0-170 in labels.md order
 (label_maps.coco_stuff_to_171); 255 stays the ignore label. Splits: train 118,287 / val 5,000.
+Without a manual directory the three archives are downloaded (datasets.ARCHIVES).
 """
 
 import glob
@@ -13,6 +14,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from deeplab_jax.data import datasets
 from deeplab_jax.data.builders import label_maps, validation
 from deeplab_jax.data.builders.manual import ExampleFiles, ManualSegmentationBuilder
 
@@ -20,21 +22,9 @@ SPLITS = {"train": "train2017", "val": "val2017"}
 IMAGE_CANDIDATES = ("images/{folder}", "{folder}")
 LABEL_CANDIDATES = ("stuffthingmaps_trainval2017/{folder}", "stuffthingmaps/{folder}",
                     "annotations/{folder}")
-LABEL_ARCHIVE = "stuffthingmaps_trainval2017.zip"
-
-_LAYOUT = """\
-  <manual_dir>/images/{train2017,val2017}/<id>.jpg        (or <manual_dir>/{train2017,val2017}/)
-  <manual_dir>/stuffthingmaps_trainval2017/{train2017,val2017}/<id>.png
-                                                           (or annotations/{train2017,val2017}/)
-  (or the archives train2017.zip, val2017.zip, stuffthingmaps_trainval2017.zip)"""
-
-INSTRUCTIONS = f"""\
-COCO-Stuff is not downloaded at run time. Put in the manual directory
-(--config.dataset.manual_dir):
-  train2017.zip, val2017.zip            https://cocodataset.org/#download
-  stuffthingmaps_trainval2017.zip       https://github.com/nightrome/cocostuff
-Layout:
-{_LAYOUT}"""
+# Keys of datasets.ARCHIVES: the image archive of each split, and the label maps of both.
+IMAGE_ARCHIVES = dict(zip(SPLITS.values(), datasets.COCO_STUFF_DOWNLOADS[:2]))
+LABEL_ARCHIVE = datasets.COCO_STUFF_DOWNLOADS[2]
 
 
 class CocoStuff164k(ManualSegmentationBuilder):
@@ -42,34 +32,28 @@ class CocoStuff164k(ManualSegmentationBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-    NUM_CLASSES = 171
     IMAGE_FORMAT = "jpeg"
-    OFFICIAL_SPLIT_SIZES = {"default": {"train": 118287, "val": 5000}}
     HOMEPAGE = "https://github.com/nightrome/cocostuff"
 
-    def _find(self, manual_dir, candidates, folder, archive, dl_manager):
-        for candidate in candidates:
-            path = os.path.join(manual_dir, candidate.format(folder=folder))
+    def _extracted_folder(self, candidates, folder):
+        """The first manual_dir/<candidate> folder that exists (none when downloading)."""
+        for candidate in candidates if self._manual_dir else ():
+            path = os.path.join(self._manual_dir, candidate.format(folder=folder))
             if os.path.isdir(path):
                 return path
-        return self.locate(manual_dir, folder, (archive,), dl_manager, members=(f"{folder}/",))
+        return None
 
-    def _list_examples(self, manual_dir, dl_manager):
+    def _list_examples(self):
         missing, listed = [], {}
         for split, folder in SPLITS.items():
             # stuffthingmaps_*.zip and train2017.zip both hold a top-level 'train2017/': extracted
             # into separate folders, labels are looked up in the stuffthingmaps one first.
-            labels = None
-            for candidate in LABEL_CANDIDATES:
-                path = os.path.join(manual_dir, candidate.format(folder=folder))
-                if os.path.isdir(path):
-                    labels = path
-                    break
-            if labels is None:
-                labels = self.locate(manual_dir, folder, (LABEL_ARCHIVE,), dl_manager,
-                                     members=(f"{folder}/",), check_extracted=False)
-            images = self._find(manual_dir, IMAGE_CANDIDATES, folder, f"{folder}.zip", dl_manager)
+            labels = self._extracted_folder(LABEL_CANDIDATES, folder) or self.locate(
+                folder, (datasets.ARCHIVES[LABEL_ARCHIVE].filename,), members=(f"{folder}/",),
+                check_extracted=False, download=LABEL_ARCHIVE)
+            key = IMAGE_ARCHIVES[folder]
+            images = self._extracted_folder(IMAGE_CANDIDATES, folder) or self.locate(
+                folder, (datasets.ARCHIVES[key].filename,), members=(f"{folder}/",), download=key)
             if images is None or os.path.abspath(images) == os.path.abspath(labels or ""):
                 missing.append(IMAGE_CANDIDATES[0].format(folder=folder))
             if labels is None:
@@ -80,8 +64,7 @@ class CocoStuff164k(ManualSegmentationBuilder):
                                  os.path.join(labels, os.path.basename(path)[:-4] + ".png"))
                     for path in sorted(glob.glob(os.path.join(images, "*.jpg")))]
         if missing:
-            raise validation.missing_files_error(self.name, manual_dir, missing, _LAYOUT,
-                                                 INSTRUCTIONS)
+            raise self.missing_error(missing)
         self._table = label_maps.coco_stuff_to_171()
         return listed
 

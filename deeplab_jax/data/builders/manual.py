@@ -1,4 +1,4 @@
-"""What every builder that reads an official release from a manual directory shares.
+"""What every builder that reads an official release (downloaded or from a manual directory) shares.
 
 A subclass lists its examples per split (`_list_examples`: ids + file paths, nothing decoded yet)
 and turns one into a record (`_load_example`: bytes read, decoded, checked, labels mapped). This
@@ -7,20 +7,25 @@ in the dataset info's metadata, checks the split sizes against the official rele
 look like the full release, and finds folders either extracted or inside the original archives
 (extracting only the members it needs, once, under the TFDS download directory).
 
-Nothing is downloaded: `MANUAL_DOWNLOAD_INSTRUCTIONS` names the files and where to get them.
+Where the release comes from: a manual directory (--config.dataset.manual_dir) when one is given
+(offline machines, mirrors, registration-gated releases); otherwise the public archives of
+datasets.ARCHIVES, downloaded through TFDS's download manager (progress bar, completed downloads
+kept and reused, SHA-256 checked against builders/checksums.tsv where published). The facts of each
+builder (classes, split sizes, instructions, layout) come from deeplab_jax.data.datasets.
 """
 
 import dataclasses
 import hashlib
 import os
-import tarfile
-import zipfile
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import requests
 import tensorflow_datasets as tfds
 from absl import logging
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from deeplab_jax.data.builders import validation
+from deeplab_jax.data import datasets
+from deeplab_jax.data.builders import files, validation
 from deeplab_jax.data.builders.features import encode_png
 
 
@@ -46,44 +51,8 @@ def segmentation_features(image_format: str) -> tfds.features.FeaturesDict:
     })
 
 
-def first_existing(root: str, candidates: Sequence[str]) -> Optional[str]:
-    for candidate in candidates:
-        path = os.path.join(root, candidate)
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def read_id_list(path: str) -> List[str]:
-    """Ids of a list file, one per line (the first whitespace-separated field)."""
-    with open(path) as stream:
-        return [line.split()[0] for line in stream if line.strip()]
-
-
-def _extract_members(archive: str, prefixes: Sequence[str], destination: str):
-    """Extracts the archive members under any of `prefixes` (all members if prefixes is empty)."""
-    logging.info("extracting %s (members under %s) into %s", archive, list(prefixes) or "all",
-                 destination)
-    os.makedirs(destination, exist_ok=True)
-
-    def wanted(name):
-        return not prefixes or any(name.startswith(prefix) for prefix in prefixes)
-
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(destination, [name for name in bundle.namelist() if wanted(name)])
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as bundle:
-            # Streaming order: one pass over a compressed tar, members filtered as they come.
-            for member in bundle:
-                if wanted(member.name.lstrip("./")) and (member.isfile() or member.isdir()):
-                    bundle.extract(member, destination, filter="data")
-    else:
-        raise validation.DataNotFoundError(f"{archive} is neither a zip nor a tar archive")
-
-
 class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
-    """Base of the builders that read an official release from `--config.dataset.manual_dir`.
+    """Base of the builders that read an official release (downloaded or from a manual directory).
 
     Keyword arguments (also reachable from configs via sources.get_builder):
       skip_bad: skip (and record) bad examples instead of failing the build.
@@ -92,13 +61,29 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
         and not a test's fake copy.
     """
 
-    # Subclasses set these.
+    # Set from deeplab_jax.data.datasets for every builder of a data set described there
+    # (__init_subclass__); the folder builder takes its classes from its folder.
     NUM_CLASSES: int = 0
-    IGNORE_LABEL: int = 255
-    IMAGE_FORMAT: str = "jpeg"
     OFFICIAL_SPLIT_SIZES: Mapping[str, Mapping[str, int]] = {}  # config name -> split -> size
+    DOWNLOADS: Mapping[str, Tuple[str, ...]] = {}  # config name -> datasets.ARCHIVES keys
+    INSTRUCTIONS: str = ""  # where to get the release (MANUAL_DOWNLOAD_INSTRUCTIONS adds LAYOUT)
+    LAYOUT: str = ""
+    # Subclasses set these.
+    IMAGE_FORMAT: str = "jpeg"
     HOMEPAGE: str = ""
     CITATION: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)  # TFDS names the builder (cls.name) here
+        facts = datasets.builder_descriptors(cls.name)
+        if facts:
+            first = next(iter(facts.values()))
+            cls.NUM_CLASSES = first.num_classes
+            cls.OFFICIAL_SPLIT_SIZES = {config: dict(d.splits) for config, d in facts.items()}
+            cls.DOWNLOADS = {config: d.downloads for config, d in facts.items()}
+            cls.INSTRUCTIONS, cls.LAYOUT = first.manual_instructions, first.layout
+        if cls.INSTRUCTIONS:
+            cls.MANUAL_DOWNLOAD_INSTRUCTIONS = f"{cls.INSTRUCTIONS}\nLayout:\n{cls.LAYOUT}"
 
     def __init__(self, *, skip_bad: bool = False, full_data: Optional[bool] = None, **kwargs):
         self._skip_bad = bool(skip_bad)
@@ -106,7 +91,9 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     # ----- to implement -----------------------------------------------------------------------
-    def _list_examples(self, manual_dir: str, dl_manager) -> Dict[str, List[ExampleFiles]]:
+    def _list_examples(self) -> Dict[str, List[ExampleFiles]]:
+        """Examples per split, from the folders `locate` finds (self._manual_dir is None when the
+        release is downloaded)."""
         raise NotImplementedError
 
     def _load_example(self, files: ExampleFiles) -> dict:
@@ -125,13 +112,14 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        if not os.path.isdir(manual_dir):
+        self._dl_manager = dl_manager
+        self._manual_dir = _given_manual_dir(dl_manager)
+        if self._manual_dir is None and not self.DOWNLOADS.get(self._config_name):
             raise validation.DataNotFoundError(
-                f"{self.name}: manual directory {manual_dir!r} does not exist.\n"
-                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+                f"{self.name}: no manual directory was given (or it is empty), and this release "
+                f"is not downloaded at run time.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         self._bad_log = validation.BadInputLog(f"{self.name}/{self._config_name}", self._skip_bad)
-        listed = self._list_examples(manual_dir, dl_manager)
+        listed = self._list_examples()
         for split in [split for split, items in listed.items() if not items]:
             logging.warning("%s: split %r lists no examples; it is left out", self.name, split)
             del listed[split]
@@ -200,32 +188,97 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
     def num_classes(self) -> int:
         return self.NUM_CLASSES
 
-    def locate(self, manual_dir: str, folder: str, archives: Sequence[str], dl_manager,
-               members: Sequence[str] = (), check_extracted: bool = True) -> Optional[str]:
-        """manual_dir/folder if extracted; else extracts it from the first archive present.
+    def missing_error(self, missing: Sequence[str]) -> validation.DataNotFoundError:
+        """One error listing every missing path, the layout and where the data come from."""
+        if self._manual_dir:
+            return validation.missing_files_error(self.name, self._manual_dir, missing,
+                                                  self.LAYOUT, self.INSTRUCTIONS)
+        return validation.missing_files_error(
+            self.name, os.path.join(os.fspath(self._dl_manager.download_dir),
+                                    "downloaded_extracted"),
+            missing, self.LAYOUT, self.INSTRUCTIONS, downloaded=True)
 
-        check_extracted=False looks in the archives only (when manual_dir/folder may be another
-        release's folder of the same name, e.g. COCO's images and COCO-Stuff's label maps).
+    def locate(self, folder: str, archives: Sequence[str], members: Sequence[str] = (),
+               check_extracted: bool = True, download: Optional[str] = None) -> Optional[str]:
+        """Where `folder` of the release is, extracting it from an archive if needed.
+
+        With a manual directory: manual_dir/folder if extracted, else extracted from the first of
+        `archives` present there. check_extracted=False looks in the archives only (when
+        manual_dir/folder may be another release's folder of the same name, e.g. COCO's images and
+        COCO-Stuff's label maps). Without one: the archive datasets.ARCHIVES[download] is
+        downloaded (None: not downloadable). Only the archive members under `members` are
+        extracted, once, under the TFDS download directory.
         """
-        path = os.path.join(manual_dir, folder)
+        if self._manual_dir is None:
+            if download is None:
+                return None
+            path, url = self._download(datasets.ARCHIVES[download])
+            return self._extracted(path, datasets.ARCHIVES[download].filename, folder, members,
+                                   url)
+        path = os.path.join(self._manual_dir, folder)
         if check_extracted and os.path.exists(path):
             return path
         for archive in archives:
-            archive_path = os.path.join(manual_dir, archive)
-            if not os.path.isfile(archive_path):
-                continue
-            destination = os.path.join(os.fspath(dl_manager.download_dir), "manual_extracted",
-                                       os.path.basename(archive))
-            # One marker per member selection: a later call may need other members.
-            selection = hashlib.sha1("\n".join(members).encode()).hexdigest()[:12]
-            marker = os.path.join(destination, f".extracted-{selection}")
-            if not os.path.exists(marker):
-                _extract_members(archive_path, members, destination)
-                open(marker, "w").close()
-            extracted = os.path.join(destination, folder)
-            if os.path.exists(extracted):
-                return extracted
+            archive_path = os.path.join(self._manual_dir, archive)
+            if os.path.isfile(archive_path):
+                extracted = self._extracted(archive_path, archive, folder, members)
+                if extracted:
+                    return extracted
         return None
+
+    def _extracted(self, archive_path: str, name: str, folder: str, members: Sequence[str],
+                   url: Optional[str] = None) -> Optional[str]:
+        """`folder` inside the members of `archive_path` extracted once (url: it was downloaded)."""
+        kind = "downloaded" if url else "manual"
+        destination = os.path.join(os.fspath(self._dl_manager.download_dir), f"{kind}_extracted",
+                                   name)
+        # One marker per member selection: a later call may need other members.
+        selection = hashlib.sha1("\n".join(members).encode()).hexdigest()[:12]
+        marker = os.path.join(destination, f".extracted-{selection}")
+        if not os.path.exists(marker):
+            try:
+                files.extract_members(archive_path, members, destination)
+            except validation.ArchiveError as error:
+                if url is None:
+                    raise
+                _discard(archive_path)
+                raise validation.ArchiveError(
+                    f"{self.name}: {error}\nDownloaded from {url}; the file was deleted, so the "
+                    "next run downloads it again.") from error
+            open(marker, "w").close()
+        extracted = os.path.join(destination, folder)
+        return extracted if os.path.exists(extracted) else None
+
+    def _download(self, archive: datasets.Archive) -> Tuple[str, str]:
+        """(local path, URL) of `archive`, downloaded through TFDS (or reused when complete)."""
+        failures = []
+        for url in archive.urls:
+            try:
+                path = os.fspath(self._dl_manager.download(url))
+            except NonMatchingChecksumError as error:  # the file is wrong: no mirror fallback
+                _discard_partial_downloads(self._dl_manager.download_dir, self.name)
+                raise validation.ArchiveError(
+                    f"{self.name}: {archive.filename} downloaded from {url} does not match the "
+                    f"SHA-256 and size recorded for it in builders/checksums.tsv:\n{error}\nThe "
+                    "file was not kept; run again to download it again, or put the official file "
+                    "in a manual directory (--config.dataset.manual_dir).") from error
+            except (requests.exceptions.RequestException, tfds.download.DownloadError,
+                    OSError) as error:
+                failures.append(f"  {url}: {type(error).__name__}: {error}")
+                _discard_partial_downloads(self._dl_manager.download_dir, self.name)
+                continue
+            try:
+                files.check_published(path, archive.size, archive.md5, url)
+            except validation.ArchiveError as error:
+                _discard(path)
+                raise validation.ArchiveError(
+                    f"{self.name}: {error}\nThe file was deleted, so the next run downloads it "
+                    "again.") from error
+            return path, url
+        raise validation.ArchiveError(
+            f"{self.name}: could not download {archive.filename}:\n" + "\n".join(failures) +
+            "\nRun again (completed downloads are kept), or download it yourself and give its "
+            "directory as --config.dataset.manual_dir.")
 
     def load_image(self, path: str):
         """(bytes to store, decoded RGB array) of an image file, checked."""
@@ -239,5 +292,27 @@ class ManualSegmentationBuilder(tfds.core.GeneratorBasedBuilder):
                label_path: str) -> dict:
         """Checks sizes and label values, encodes the label; the record to write."""
         validation.check_pair(image, label, image_path, label_path)
-        validation.check_label_values(label, self.num_classes, self.IGNORE_LABEL, label_path)
+        validation.check_label_values(label, self.num_classes, datasets.IGNORE_LABEL,
+                                      label_path)
         return {"image": image_bytes, "label": encode_png(label), "image_id": example_id}
+
+
+def _given_manual_dir(dl_manager) -> Optional[str]:
+    """The manual directory if one exists and holds something; None means: download."""
+    try:
+        return os.fspath(dl_manager.manual_dir)
+    except AssertionError:  # TFDS: none given, or missing, or empty
+        return None
+
+
+def _discard(path: str):
+    """Deletes a downloaded file and TFDS's record of it: the next run downloads it again."""
+    for stale in (path, f"{path}.INFO"):
+        if os.path.exists(stale):
+            os.remove(stale)
+
+
+def _discard_partial_downloads(download_dir, dataset_name: str):
+    """Removes TFDS's temporary folders of interrupted downloads ('<file>.tmp.<uuid>')."""
+    for partial in tfds.core.Path(download_dir).joinpath(dataset_name).glob("*.tmp.*"):
+        partial.rmtree(missing_ok=True)

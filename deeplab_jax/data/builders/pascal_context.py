@@ -7,8 +7,10 @@ VOC 2010 ImageSets/Main train / val lists).
 Reads the release's full-label files trainval/<id>.mat ('LabelMap', uint16: 0 unlabelled, 1-459 =
 line numbers of labels.txt) and maps them to 0-59 by class name (label_maps.context_459_to_60):
 each of the 59 classes of 59_labels.txt gets its index (1-59), every other class and unlabelled
-pixels become 0 'background'. If the release's labels.txt / 59_labels.txt are in the manual
-directory they are checked against the transcribed lists and a mismatch stops the build.
+pixels become 0 'background'. Without a manual directory the archives are downloaded
+(datasets.ARCHIVES 'context_labels', 'voc2010'). If the release's labels.txt / 59_labels.txt are
+in the manual directory they are checked against the transcribed lists and a mismatch stops the
+build.
 """
 
 import os
@@ -17,33 +19,14 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from deeplab_jax.data import datasets
 from deeplab_jax.data.builders import label_maps, validation
-from deeplab_jax.data.builders.manual import (
-    ExampleFiles,
-    ManualSegmentationBuilder,
-    first_existing,
-    read_id_list,
-)
+from deeplab_jax.data.builders.files import first_existing, read_id_list
+from deeplab_jax.data.builders.manual import ExampleFiles, ManualSegmentationBuilder
 
 VOC2010_ROOT = "VOCdevkit/VOC2010"
-VOC2010_ARCHIVES = ("VOCtrainval_03-May-2010.tar",)
 CONTEXT_ROOT = "trainval"
-CONTEXT_ARCHIVES = ("trainval.tar.gz",)
-
-_LAYOUT = """\
-  <manual_dir>/trainval/<id>.mat                  (PASCAL-Context trainval.tar.gz, 'LabelMap')
-  <manual_dir>/labels.txt, 59_labels.txt          (optional: checked against the built-in lists)
-  <manual_dir>/VOCdevkit/VOC2010/JPEGImages/<id>.jpg
-  <manual_dir>/VOCdevkit/VOC2010/ImageSets/Main/{train,val}.txt
-  (or the archives trainval.tar.gz and VOCtrainval_03-May-2010.tar in <manual_dir>)"""
-
-INSTRUCTIONS = f"""\
-PASCAL-Context is not downloaded at run time. Put in the manual directory
-(--config.dataset.manual_dir):
-  trainval.tar.gz (+ labels.txt, 59_labels.txt)  https://cs.stanford.edu/~roozbeh/pascal-context/
-  VOCtrainval_03-May-2010.tar                     http://host.robots.ox.ac.uk/pascal/VOC/voc2010/
-Layout:
-{_LAYOUT}"""
+LABELS, VOC2010 = datasets.CONTEXT_DOWNLOADS  # keys of datasets.ARCHIVES
 
 
 def parse_label_list(path: str):
@@ -76,34 +59,32 @@ class PascalContext(ManualSegmentationBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-    NUM_CLASSES = 60
     IMAGE_FORMAT = "jpeg"
-    OFFICIAL_SPLIT_SIZES = {"default": {"train": 4998, "val": 5105}}
     HOMEPAGE = "https://cs.stanford.edu/~roozbeh/pascal-context/"
 
-    def _list_examples(self, manual_dir, dl_manager):
-        labels = self.locate(manual_dir, CONTEXT_ROOT, CONTEXT_ARCHIVES, dl_manager,
+    def _list_examples(self):
+        labels = self.locate(CONTEXT_ROOT, (datasets.ARCHIVES[LABELS].filename,), download=LABELS,
                              members=(f"{CONTEXT_ROOT}/",))
-        voc = self.locate(manual_dir, VOC2010_ROOT, VOC2010_ARCHIVES, dl_manager,
+        voc = self.locate(VOC2010_ROOT, (datasets.ARCHIVES[VOC2010].filename,), download=VOC2010,
                           members=(f"{VOC2010_ROOT}/JPEGImages", f"{VOC2010_ROOT}/ImageSets/Main/"))
         missing = [] if labels else [CONTEXT_ROOT]
         missing += [os.path.join(VOC2010_ROOT, rel) for rel in
                     ("JPEGImages", "ImageSets/Main/train.txt", "ImageSets/Main/val.txt")
                     if voc is None or not os.path.exists(os.path.join(voc, rel))]
         if missing:
-            raise validation.missing_files_error(self.name, manual_dir, missing, _LAYOUT,
-                                                 INSTRUCTIONS)
-        self._table = self._mapping_table(manual_dir)
+            raise self.missing_error(missing)
+        self._table = self._mapping_table()
         return {split: [ExampleFiles(i, os.path.join(voc, "JPEGImages", f"{i}.jpg"),
                                      os.path.join(labels, f"{i}.mat"))
                         for i in read_id_list(os.path.join(voc, f"ImageSets/Main/{split}.txt"))]
                 for split in ("train", "val")}
 
-    def _mapping_table(self, manual_dir):
+    def _mapping_table(self):
         classes_459, classes_59 = label_maps.CONTEXT_459_CLASSES, label_maps.CONTEXT_59_CLASSES
         for file_name, expected in (("labels.txt", classes_459), ("59_labels.txt", classes_59)):
-            path = first_existing(manual_dir, (file_name, os.path.join(CONTEXT_ROOT, file_name)))
+            # The list files are separate downloads of the release: checked when given.
+            path = self._manual_dir and first_existing(
+                self._manual_dir, (file_name, os.path.join(CONTEXT_ROOT, file_name)))
             if path and parse_label_list(path) != expected:
                 raise validation.BadExampleError(
                     path, f"class list differs from the PASCAL-Context release's {file_name} "

@@ -27,36 +27,16 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from deeplab_jax.data import datasets
 from deeplab_jax.data.builders import label_maps, validation
-from deeplab_jax.data.builders.manual import (
-    ExampleFiles,
-    ManualSegmentationBuilder,
-    first_existing,
-)
+from deeplab_jax.data.builders.files import first_existing
+from deeplab_jax.data.builders.manual import ExampleFiles, ManualSegmentationBuilder
 
 VOC2010_ROOT = "VOCdevkit/VOC2010"
-VOC2010_ARCHIVES = ("VOCtrainval_03-May-2010.tar",)
 RELEASE_ROOT = "pascal_person_part"
 RELEASE_ARCHIVES = ("pascal_person_part.tar.gz", "pascal_person_part.zip")
 PARTS_ROOT = "Annotations_Part"
 PARTS_ARCHIVES = ("trainval.tar.gz",)
-
-_LAYOUT = """\
-  <manual_dir>/pascal_person_part/pascal_person_part_gt/<id>.png
-  <manual_dir>/pascal_person_part/pascal_person_part_trainval_list/{train,val}.txt
-  <manual_dir>/VOCdevkit/VOC2010/JPEGImages/<id>.jpg
-  (or the archives pascal_person_part.tar.gz and VOCtrainval_03-May-2010.tar)
- from_parts instead of pascal_person_part/:
-  <manual_dir>/Annotations_Part/<id>.mat (PASCAL-Part trainval.tar.gz)"""
-
-INSTRUCTIONS = f"""\
-PASCAL-Person-Part is not downloaded at run time. Put in the manual directory
-(--config.dataset.manual_dir):
-  pascal_person_part.tar.gz      (DeepLab project page, http://liangchiehchen.com/projects/DeepLab.html)
-  VOCtrainval_03-May-2010.tar    http://host.robots.ox.ac.uk/pascal/VOC/voc2010/
-  (from_parts: PASCAL-Part trainval.tar.gz, http://roozbehm.info/pascal-parts/pascal-parts.html)
-Layout:
-{_LAYOUT}"""
 
 
 def read_person_part_list(path: str):
@@ -110,15 +90,12 @@ class PascalPersonPart(ManualSegmentationBuilder):
         PersonPartConfig(name="from_parts", description="merged here from PASCAL-Part .mat files",
                          from_parts=True),
     ]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-    NUM_CLASSES = 7
     IMAGE_FORMAT = "jpeg"
-    OFFICIAL_SPLIT_SIZES = {"default": {"train": 1716, "val": 1817}}
 
-    def _list_examples(self, manual_dir, dl_manager):
-        voc = self.locate(manual_dir, VOC2010_ROOT, VOC2010_ARCHIVES, dl_manager,
+    def _list_examples(self):
+        voc = self.locate(VOC2010_ROOT, (datasets.ARCHIVES["voc2010"].filename,),
                           members=(f"{VOC2010_ROOT}/JPEGImages", f"{VOC2010_ROOT}/ImageSets/Main/"))
-        release = self.locate(manual_dir, RELEASE_ROOT, RELEASE_ARCHIVES, dl_manager)
+        release = self.locate(RELEASE_ROOT, RELEASE_ARCHIVES)
         missing = [] if voc and os.path.isdir(os.path.join(voc, "JPEGImages")) else [
             f"{VOC2010_ROOT}/JPEGImages"]
         lists = {}
@@ -135,8 +112,7 @@ class PascalPersonPart(ManualSegmentationBuilder):
             if split not in lists:
                 missing.append(f"{RELEASE_ROOT}/pascal_person_part_trainval_list/{split}.txt")
         if self.builder_config.from_parts:
-            labels = self.locate(manual_dir, PARTS_ROOT, PARTS_ARCHIVES, dl_manager,
-                                 members=(f"{PARTS_ROOT}/",))
+            labels = self.locate(PARTS_ROOT, PARTS_ARCHIVES, members=(f"{PARTS_ROOT}/",))
             suffix = ".mat"
         else:
             labels = release and os.path.join(release, "pascal_person_part_gt")
@@ -145,8 +121,7 @@ class PascalPersonPart(ManualSegmentationBuilder):
             missing.append(PARTS_ROOT if self.builder_config.from_parts
                            else f"{RELEASE_ROOT}/pascal_person_part_gt")
         if missing:
-            raise validation.missing_files_error(self.name, manual_dir, missing, _LAYOUT,
-                                                 INSTRUCTIONS)
+            raise self.missing_error(missing)
         return {split: [ExampleFiles(i, os.path.join(voc, "JPEGImages", f"{i}.jpg"),
                                      os.path.join(labels, f"{i}{suffix}")) for i in ids]
                 for split, ids in lists.items()}

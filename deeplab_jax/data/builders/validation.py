@@ -24,6 +24,11 @@ class DataNotFoundError(FileNotFoundError):
     """The data set is neither built nor buildable from what is on disk (missing dir or files)."""
 
 
+class ArchiveError(DataNotFoundError):
+    """An archive cannot be used: not downloadable, truncated, corrupt, not the published file, or
+    with members that would land outside the extraction folder."""
+
+
 class BadExampleError(ValueError):
     """One example cannot be used as it is: names the file and the problem."""
 
@@ -34,12 +39,17 @@ class BadExampleError(ValueError):
 
 
 def missing_files_error(dataset: str, root: str, missing: Sequence[str], expected: str,
-                        instructions: str = "") -> DataNotFoundError:
-    """One error listing every missing path and what the layout should be."""
+                        instructions: str = "", downloaded: bool = False) -> DataNotFoundError:
+    """One error listing every missing path and what the layout should be.
+
+    root: the manual directory, or (downloaded=True) where the downloaded archives were extracted.
+    """
     shown = "\n".join(f"  {os.path.join(root, path)}" for path in missing[:20])
     more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+    where = (f"the archives downloaded and extracted under {root!r} (not the official files?)"
+             if downloaded else f"the manual directory {root!r}")
     return DataNotFoundError(
-        f"{dataset}: missing in the manual directory {root!r}:\n{shown}{more}\n"
+        f"{dataset}: missing in {where}:\n{shown}{more}\n"
         f"Expected layout:\n{expected}" + (f"\n{instructions}" if instructions else ""))
 
 

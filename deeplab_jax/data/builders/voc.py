@@ -12,6 +12,7 @@ Configs:
             10,582; val = VOC val (1,449). An image with a VOC mask keeps it (finer, with the
             boundary band); the others take SBD's. All images come from VOC2012/JPEGImages.
 
+Without a manual directory the archives are downloaded (datasets.ARCHIVES 'voc2012', 'sbd').
 Masks are decoded with PIL (palette indices); OpenCV or TensorFlow would return the colours.
 """
 
@@ -21,35 +22,14 @@ import os
 import scipy.io
 import tensorflow_datasets as tfds
 
+from deeplab_jax.data import datasets
 from deeplab_jax.data.builders import validation
-from deeplab_jax.data.builders.manual import (
-    ExampleFiles,
-    ManualSegmentationBuilder,
-    read_id_list,
-)
+from deeplab_jax.data.builders.files import read_id_list
+from deeplab_jax.data.builders.manual import ExampleFiles, ManualSegmentationBuilder
 
 VOC_ROOT = "VOCdevkit/VOC2012"
-VOC_ARCHIVES = ("VOCtrainval_11-May-2012.tar",)
 SBD_ROOT = "benchmark_RELEASE/dataset"
-SBD_ARCHIVES = ("benchmark.tgz",)
-
-_LAYOUT = """\
-  <manual_dir>/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
-  <manual_dir>/VOCdevkit/VOC2012/SegmentationClass/<id>.png
-  <manual_dir>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
-  (or <manual_dir>/VOCtrainval_11-May-2012.tar, extracted on first build)
- trainaug also:
-  <manual_dir>/benchmark_RELEASE/dataset/cls/<id>.mat
-  <manual_dir>/benchmark_RELEASE/dataset/{train,val}.txt
-  (or <manual_dir>/benchmark.tgz)"""
-
-INSTRUCTIONS = f"""\
-PASCAL VOC 2012 is not downloaded at run time. Put in the manual directory
-(--config.dataset.manual_dir) the extracted folders or the original archives:
-  VOCtrainval_11-May-2012.tar   http://host.robots.ox.ac.uk/pascal/VOC/voc2012/
-  benchmark.tgz (SBD, trainaug) http://home.bharathh.info/pubs/codes/SBD/download.html
-Layout:
-{_LAYOUT}"""
+VOC, SBD = datasets.VOC_DOWNLOADS  # keys of datasets.ARCHIVES
 
 
 def load_sbd_mat(path: str):
@@ -82,17 +62,11 @@ class Voc2012Segmentation(ManualSegmentationBuilder):
         VocConfig(name="trainaug", description="VOC 2012 + SBD: trainaug (10,582) / val",
                   with_sbd=True),
     ]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-    NUM_CLASSES = 21
     IMAGE_FORMAT = "jpeg"
-    OFFICIAL_SPLIT_SIZES = {
-        "default": {"train": 1464, "val": 1449, "trainval": 2913},
-        "trainaug": {"train": 10582, "val": 1449},
-    }
     HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
 
-    def _list_examples(self, manual_dir, dl_manager):
-        voc = self.locate(manual_dir, VOC_ROOT, VOC_ARCHIVES, dl_manager,
+    def _list_examples(self):
+        voc = self.locate(VOC_ROOT, (datasets.ARCHIVES[VOC].filename,), download=VOC,
                           members=(f"{VOC_ROOT}/JPEGImages", f"{VOC_ROOT}/SegmentationClass/",
                                    f"{VOC_ROOT}/ImageSets/Segmentation"))
         lists = {split: f"ImageSets/Segmentation/{split}.txt"
@@ -100,7 +74,7 @@ class Voc2012Segmentation(ManualSegmentationBuilder):
         needed = ["JPEGImages", "SegmentationClass", *lists.values()]
         sbd = None
         if self.builder_config.with_sbd:
-            sbd = self.locate(manual_dir, SBD_ROOT, SBD_ARCHIVES, dl_manager,
+            sbd = self.locate(SBD_ROOT, (datasets.ARCHIVES[SBD].filename,), download=SBD,
                               members=(f"{SBD_ROOT}/cls/", f"{SBD_ROOT}/train.txt",
                                        f"{SBD_ROOT}/val.txt"))
         missing = [os.path.join(VOC_ROOT, rel) for rel in needed
@@ -109,8 +83,7 @@ class Voc2012Segmentation(ManualSegmentationBuilder):
             missing += [os.path.join(SBD_ROOT, rel) for rel in ("cls", "train.txt", "val.txt")
                         if sbd is None or not os.path.exists(os.path.join(sbd, rel))]
         if missing:
-            raise validation.missing_files_error(self.name, manual_dir, missing, _LAYOUT,
-                                                 INSTRUCTIONS)
+            raise self.missing_error(missing)
         ids = {split: read_id_list(os.path.join(voc, rel)) for split, rel in lists.items()}
 
         def voc_example(image_id):

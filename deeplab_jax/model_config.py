@@ -7,8 +7,6 @@ model is built, only values that differ from the named model's defaults are pass
 switching `--config.model.name` keeps working for fields the new model also accepts.
 """
 
-import inspect
-
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -16,16 +14,9 @@ import numpy as np
 
 def model_defaults(name: str) -> dict:
     """Every keyword override of the registered model `name`, with its default value."""
-    from deeplab_jax.models import MODELS
+    from deeplab_jax.models import override_defaults
 
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    factory = MODELS[name]
-    params = inspect.signature(factory.builder).parameters
-    defaults = {p: v.default for p, v in params.items()
-                if p != "num_classes" and v.default is not inspect.Parameter.empty}
-    defaults.update(factory.defaults)
-    return {key: _to_config_value(value) for key, value in defaults.items()}
+    return {key: _to_config_value(value) for key, value in override_defaults(name).items()}
 
 
 def _to_config_value(value):

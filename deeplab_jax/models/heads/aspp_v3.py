@@ -126,7 +126,8 @@ class ASPPV3(nn.Module):
         branches.append(ConvBN(self.features, 1, name="aspp0", **unit)(features_BxhxwxC, train))
         for index, rate in enumerate(rates):
             branches.append(conv_or_separable(
-                self.features, 3, rate, separable=self.separable, name=f"aspp{index + 1}", **unit,
+                self.features, 3, rate=rate, separable=self.separable, name=f"aspp{index + 1}",
+                **unit,
             )(features_BxhxwxC, train))
         x = jnp.concatenate(branches, axis=-1)
         x = ConvBN(self.features, 1, name="concat_projection", **unit)(x, train)

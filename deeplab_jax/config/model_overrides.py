@@ -1,4 +1,4 @@
-"""Model overrides as config fields, so `--config.model.overrides.<name>=...` works on a locked config.
+"""Model overrides as config fields: `--config.model.overrides.<name>=` on a locked config.
 
 A locked ml_collections config rejects fields it does not have (that is what catches typos), so a
 config file lists every keyword its model factory accepts, with the factory's defaults:
@@ -7,25 +7,16 @@ model is built, only values that differ from the named model's defaults are pass
 switching `--config.model.name` keeps working for fields the new model also accepts.
 """
 
-import inspect
-
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deeplab_jax.models import MODELS
+from deeplab_jax.models import override_defaults
 
 
 def model_defaults(name: str) -> dict:
     """Every keyword override of the registered model `name`, with its default value."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    factory = MODELS[name]
-    params = inspect.signature(factory.builder).parameters
-    defaults = {p: v.default for p, v in params.items()
-                if p != "num_classes" and v.default is not inspect.Parameter.empty}
-    defaults.update(factory.defaults)
-    return {key: _to_config_value(value) for key, value in defaults.items()}
+    return {key: _to_config_value(value) for key, value in override_defaults(name).items()}
 
 
 def _to_config_value(value):

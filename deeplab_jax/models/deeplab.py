@@ -20,10 +20,11 @@ DeepLab-v3+ heads (`uses_low_level_features`) also receive the backbone's stride
   adaptive subdivision from the coarse logits (MSC branches are each refined, then fused);
 - `apply(v, images, train=True, return_points=True, rngs={'points': key, 'dropout': key},
   mutable=['batch_stats'])` returns {'logits': coarse (B, h, w, K), 'point_logits': (B, N, K),
-  'points': (B, N, 2) in [0, 1]} for `deeplab_jax.pointrend_loss.pointrend_loss`;
+  'points': (B, N, 2) in [0, 1]} for `deeplab_jax.losses.pointrend_loss`;
 - `train=True` without `return_points` returns the coarse logits only (the point head unused).
 """
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -45,6 +46,29 @@ def check_msc_scales(msc_scales):
     if len(set(scales)) != len(scales):
         raise ValueError(f"msc_scales={tuple(msc_scales)!r} repeats a scale")
     return scales
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSpec:
+    """Settings every DeepLab model has; hashable. Defaults: the v1/v2 release (Caffe).
+
+    output_stride: input pixels per backbone feature (8 in v1/v2, v2 paper §3.1; v3 trains at 16).
+    msc_scales: multi-scale inputs (§3.2), () for none; normalised by `check_msc_scales`.
+    input_norm: a `normalize_images` mode. pool_ceil_mode: Caffe's ceil rule for pooled sizes
+    (VGG pools, ResNet stem; Xception has no pooling). remat: True / 'full' or a
+    jax.checkpoint_policies name, per backbone block. dtype: compute dtype (parameters and logits
+    stay float32).
+    """
+
+    output_stride: int = 8
+    msc_scales: tuple = ()
+    input_norm: str = "caffe_bgr"
+    pool_ceil_mode: bool = True
+    remat: bool | str = False
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "msc_scales", check_msc_scales(self.msc_scales))
 
 
 class DeepLab(nn.Module):

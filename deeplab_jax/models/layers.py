@@ -86,6 +86,7 @@ def atrous_padding(kernel_size, rate):
 class Conv(nn.Module):
     """2-D (atrous, grouped) convolution, NHWC input, HWIO 'kernel' and optional 'bias'.
 
+    The bias starts at zero, as every bias of the released models (Caffe "constant" filler).
     `rate` is the atrous rate (rhs_dilation); `groups` is feature_group_count (groups = input
     channels gives a depthwise conv). `padding`: None = symmetric rate*(k-1)/2 (Caffe's choice for
     every DeepLab layer, also the strided ones), an int = symmetric, or a sequence of two (lo, hi)
@@ -100,10 +101,8 @@ class Conv(nn.Module):
     use_bias: bool = True
     padding: Any = None
     kernel_init: Any = he_normal
-    bias_init: Any = nn.initializers.zeros
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
@@ -121,7 +120,7 @@ class Conv(nn.Module):
             self.param_dtype,
         )
         bias_O = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             if self.use_bias else None
         )
         if self.padding is None:
@@ -141,7 +140,6 @@ class Conv(nn.Module):
             rhs_dilation=(self.rate, self.rate),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=self.groups,
-            precision=self.precision,
         )
         if bias is not None:
             y = y + bias.reshape((1, 1, 1, self.features))
@@ -182,6 +180,18 @@ class NormConfig:
     epsilon: float = 1e-5
 
 
+def tuple_fields(spec, *names):
+    """Makes the named sequence fields of a frozen dataclass tuples (None stays None).
+
+    For `__post_init__` of the model specs: configs and callers hand over lists, and a spec must
+    stay hashable to be a Flax module attribute.
+    """
+    for name in names:
+        value = getattr(spec, name)
+        if value is not None:
+            object.__setattr__(spec, name, tuple(value))
+
+
 def batch_norm(norm, train, *, dtype=None, param_dtype=jnp.float32, scale_init=None, name=None):
     """BatchNorm factory: running averages when not training or when `norm.frozen`.
 
@@ -212,7 +222,6 @@ class ConvBN(nn.Module):
     rate: int = 1
     groups: int = 1
     relu: bool = True
-    padding: Any = None
     norm: NormConfig = NormConfig()
     bn_scale_init: Any = None
     dtype: Dtype | None = None
@@ -222,7 +231,7 @@ class ConvBN(nn.Module):
     def __call__(self, x, train=False):
         x = Conv(
             self.features, self.kernel_size, stride=self.stride, rate=self.rate,
-            groups=self.groups, use_bias=False, padding=self.padding, dtype=self.dtype,
+            groups=self.groups, use_bias=False, dtype=self.dtype,
             param_dtype=self.param_dtype, name="conv",
         )(x)
         x = batch_norm(

@@ -26,6 +26,7 @@ Training defaults (2048 points, 8192 per subdivision step) follow detectron2's P
 segmentation configs.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -39,6 +40,19 @@ TRAIN_POINTS = 2048
 SUBDIVISION_POINTS = 8192
 OVERSAMPLE_RATIO = 3.0
 IMPORTANCE_RATIO = 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class PointRendSpec:
+    """PointRend on a v3/v3+ model: `enabled` adds a `PointHead`; its point-selection settings
+    (§3.1): `points` per training image, `subdivision_points` per inference step, and the
+    oversampling and importance ratios of the training points."""
+
+    enabled: bool = True
+    points: int = TRAIN_POINTS
+    subdivision_points: int = SUBDIVISION_POINTS
+    oversample_ratio: float = OVERSAMPLE_RATIO
+    importance_ratio: float = IMPORTANCE_RATIO
 
 
 def _source_coords(u_BxN, size, align_corners):

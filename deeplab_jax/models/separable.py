@@ -14,9 +14,9 @@ Two placements of BatchNorm/ReLU exist in the authors' TF release (models/resear
   before each separable conv (pre-activation), except in the last exit-flow block where it follows
   both convs. `Xception` picks the flags.
 
-Speed: on XLA CPU (jaxlib 0.10.2, 2 cores) depthwise convolutions are slow; a demo v3+ train step
-with separable ASPP and decoder convs took 3-4x longer than with dense ones (so the demo models use
-dense convs). The saving in multiply-adds is real on accelerators.
+Speed: XLA's CPU depthwise convolutions are slow, so on CPU a separable 3x3 conv can take longer
+than the dense one it replaces (the demo models use dense convs); the saving in multiply-adds is
+real on accelerators.
 
 Parameter tree: depthwise/{conv/kernel (k, k, 1, C), bn/{scale, bias}},
 pointwise/{conv/kernel (1, 1, C, F), bn/{scale, bias}} (TF: <name>_depthwise/depthwise_weights of

@@ -1,9 +1,4 @@
-"""Backbones: atrous consistency across output strides, parameter counts, rate schedules, sizes.
-
-Also holds `random_variables`, used by the other model tests: parameters and BatchNorm statistics
-drawn with NumPy from the shapes `jax.eval_shape` gives (this jaxlib compiles threefry random ops
-slowly on CPU, so `model.init` would dominate the suite's time).
-"""
+"""Backbones: atrous consistency across output strides, parameter counts, rate schedules, sizes."""
 
 import functools
 
@@ -13,42 +8,14 @@ import numpy as np
 import pytest
 
 from deeplab_jax.models.backbones import resnet, vgg
-
-
-def random_variables(model, *args, seed=0, **kwargs):
-    """Random variables with the tree of `model.init(rngs, *args, **kwargs)` and sensible scales.
-
-    Kernels He-normal, biases and BN offsets N(0, 0.1), BN scales 1 + N(0, 0.1), running means
-    N(0, 0.1), running variances U(0.5, 1.5): BatchNorm is a non-trivial affine map.
-    """
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    shapes = jax.eval_shape(functools.partial(model.init, **kwargs), rngs, *args)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        collection = jax.tree_util.keystr(path[:1])
-        if "kernel" in name:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)
-        elif "scale" in name:
-            value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
-        elif "var" in name and "batch_stats" in collection:
-            value = rng.uniform(0.5, 1.5, size=leaf.shape)
-        else:  # biases, BN offsets, running means
-            value = 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def count_params(tree):
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def abstract_params(model, input_shape):
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    return jax.eval_shape(model.init, rngs, jax.ShapeDtypeStruct(input_shape, jnp.float32))
+from tests.helpers.models import (
+    abstract_params,
+    caffe_pool_reference,
+    count_params,
+    dilate_kernel,
+    numpy_correlate,
+    random_variables,
+)
 
 
 LAYOUTS = [
@@ -67,9 +34,13 @@ def test_atrous_consistency_across_output_strides(layout):
     33 px input: stride-4 features are 9x9.
     """
     x = jnp.asarray(np.random.default_rng(5).normal(size=(1, 33, 33, 3)), jnp.float32)
-    small = functools.partial(
-        resnet.ResNet, stage_sizes=(1, 1, 1, 2), widths=(4, 4, 8, 8), stem_width=4, **layout
+    trunk = functools.partial(
+        resnet.ResNetSpec, stage_sizes=(1, 1, 1, 2), widths=(4, 4, 8, 8), stem_width=4, **layout
     )
+
+    def small(output_stride, multi_grid=()):
+        return resnet.ResNet(trunk(multi_grid=multi_grid), output_stride=output_stride)
+
     variables = random_variables(small(output_stride=8), x)
     features = {
         os: jax.jit(small(output_stride=os, multi_grid=(1, 2)).apply)(variables, x)
@@ -96,9 +67,10 @@ def test_stride_position_of_the_bottleneck(stride_on_3x3):
     block = functools.partial(
         resnet.Bottleneck, 4, 16, projection=True, stride_on_3x3=stride_on_3x3
     )
-    variables = random_variables(block(stride=2), x)
-    strided = block(stride=2).apply(variables, x)
-    on_subsampled = block(stride=1).apply(variables, x[:, ::2, ::2])
+    strided_block = block(plan=resnet.BlockPlan(stride=2))
+    variables = random_variables(strided_block, x)
+    strided = strided_block.apply(variables, x)
+    on_subsampled = block(plan=resnet.BlockPlan(stride=1)).apply(variables, x[:, ::2, ::2])
     assert strided.shape == on_subsampled.shape == (1, 5, 5, 16)
     same = np.allclose(np.asarray(strided), np.asarray(on_subsampled), rtol=1e-5, atol=1e-5)
     assert same != stride_on_3x3
@@ -107,8 +79,8 @@ def test_stride_position_of_the_bottleneck(stride_on_3x3):
 def test_parameter_tree_does_not_depend_on_output_stride():
     trees = [
         jax.tree.map(lambda s: s.shape, abstract_params(
-            resnet.ResNet(stage_sizes=(1, 1, 1, 1), widths=(4, 8, 8, 8), block="basic",
-                          output_stride=os), (1, 33, 33, 3)))
+            resnet.ResNet(resnet.ResNetSpec(stage_sizes=(1, 1, 1, 1), widths=(4, 8, 8, 8),
+                                            block="basic"), output_stride=os), (1, 33, 33, 3)))
         for os in (4, 8, 16, 32)
     ]
     assert all(tree == trees[0] for tree in trees)
@@ -120,7 +92,7 @@ def test_parameter_tree_does_not_depend_on_output_stride():
     ids=["resnet101", "resnet50"],
 )
 def test_resnet_parameter_count_matches_torchvision(stage_sizes, torchvision_total):
-    variables = abstract_params(resnet.ResNet(stage_sizes=stage_sizes), (1, 65, 65, 3))
+    variables = abstract_params(resnet.ResNet(resnet.ResNetSpec(stage_sizes)), (1, 65, 65, 3))
     fc_params = 2048 * 1000 + 1000  # the ImageNet classifier DeepLab drops
     assert count_params(variables["params"]) == torchvision_total - fc_params
     # Running statistics: a mean and a variance per BN channel = BN scale + bias count.
@@ -167,8 +139,9 @@ def test_block_schedule_of_deeplab_v2():
     "size,ceil_mode,expected", [(321, True, 41), (513, True, 65), (320, True, 41), (320, False, 40)]
 )
 def test_resnet_output_sizes(size, ceil_mode, expected):
-    model = resnet.ResNet(stage_sizes=(1, 1, 1, 1), widths=(4, 4, 4, 4), block="basic",
-                          pool_ceil_mode=ceil_mode)
+    model = resnet.ResNet(
+        resnet.ResNetSpec(stage_sizes=(1, 1, 1, 1), widths=(4, 4, 4, 4), block="basic"),
+        pool_ceil_mode=ceil_mode)
     out = jax.eval_shape(model.apply, abstract_params(model, (1, size, size, 3)),
                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
     assert out.shape[1:3] == (expected, expected)
@@ -188,8 +161,6 @@ def test_vgg16_trunk_count_names_and_size():
 def test_vgg16_trunk_matches_a_numpy_reference():
     """The whole trunk against NumPy: pools 3x3 (stride 2, 2, 2, 1, 1; Caffe ceil mode, padding 1),
     conv5 at rate 2, all other convs rate 1, ReLU after every conv."""
-    from test_model_layers import caffe_pool_reference, dilate_kernel, numpy_correlate
-
     x = np.random.default_rng(8).uniform(-1, 1, size=(1, 18, 17, 3))
     model = vgg.VGG16()
     variables = random_variables(model, jnp.asarray(x, jnp.float32))

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_backbones import count_params, random_variables
-from test_model_resize import bilinear_per_pixel
 
 from deeplab_jax import models
 from deeplab_jax.models.backbones import resnet
+from tests.helpers.models import abstract_init, bilinear_per_pixel, count_params, random_variables
 
 REQUIRED_NAMES = (
     "deeplab_v1_largefov", "deeplab_v1_vgg16_7x7", "deeplab_v1_vgg16_4x4_r4",
@@ -20,22 +19,12 @@ REQUIRED_NAMES = (
 )
 COMMON_OVERRIDES = ("output_stride", "msc_scales", "bn_frozen", "dtype", "input_norm",
                     "dropout_rate", "aspp_rates", "remat", "pool_ceil_mode")
-RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 # The demo architecture at a width that keeps compile and run times of behaviour tests small.
 TINY = dict(widths=(4, 4, 8, 8))
 
 
 def images(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).integers(0, 256, size=shape), jnp.uint8)
-
-
-def abstract_init(model, shape, **kwargs):
-    """(variables, logits) shapes of model.init_with_output, traced only."""
-    logits, variables = jax.eval_shape(
-        functools.partial(model.init_with_output, **kwargs), RNGS,
-        jax.ShapeDtypeStruct(shape, jnp.uint8),
-    )
-    return variables, logits
 
 
 # Hand-derived size rules. 3x3/2 pool, padding 1: Caffe (ceil) n // 2 + 1, floor (n + 1) // 2;
@@ -82,7 +71,7 @@ def test_defaults_follow_the_release_and_the_demo():
     demo = models.get_model("deeplab_v2_demo", 8)
     assert demo.input_norm == "imagenet" and not demo.backbone.norm.frozen
     wide = models.get_model("deeplab_v2_demo_wide", 8, widths=(8, 16, 32, 64), aspp_rates=(2, 4))
-    assert wide.backbone.widths == (8, 16, 32, 64) and wide.head.rates == (2, 4)
+    assert wide.backbone.spec.widths == (8, 16, 32, 64) and wide.head.rates == (2, 4)
 
 
 @pytest.mark.parametrize(

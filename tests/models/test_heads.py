@@ -4,11 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_backbones import abstract_params, count_params, random_variables
-from test_model_layers import dilate_kernel, numpy_correlate
 
 from deeplab_jax.models import layers
 from deeplab_jax.models.heads import aspp, largefov
+from tests.helpers.models import (
+    abstract_params,
+    count_params,
+    dilate_kernel,
+    numpy_correlate,
+    random_variables,
+)
 
 
 def test_aspp_output_is_the_sum_of_its_branches():

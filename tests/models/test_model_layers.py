@@ -6,28 +6,7 @@ import numpy as np
 import pytest
 
 from deeplab_jax.models import layers
-
-
-def numpy_correlate(x_BxHxWxC, kernel_HxWxIxO, pad, stride=1):
-    """Plain cross-correlation with symmetric zero padding, written out offset by offset."""
-    batch, height, width, _ = x_BxHxWxC.shape
-    kh, kw, _, out = kernel_HxWxIxO.shape
-    x = np.pad(x_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h, out_w = height + 2 * pad - kh + 1, width + 2 * pad - kw + 1
-    y = np.zeros((batch, out_h, out_w, out))
-    for dy in range(kh):
-        for dx in range(kw):
-            y += x[:, dy:dy + out_h, dx:dx + out_w, :] @ kernel_HxWxIxO[dy, dx]
-    return y[:, ::stride, ::stride]
-
-
-def dilate_kernel(kernel_HxWxIxO, rate):
-    """The atrous filter written as a dense one: rate - 1 zeros between the taps (§3.1)."""
-    k = kernel_HxWxIxO.shape[0]
-    size = k + (k - 1) * (rate - 1)
-    dense = np.zeros((size, size) + kernel_HxWxIxO.shape[2:])
-    dense[::rate, ::rate] = kernel_HxWxIxO
-    return dense
+from tests.helpers.models import caffe_pool_reference, dilate_kernel, numpy_correlate
 
 
 @pytest.mark.parametrize(
@@ -93,29 +72,6 @@ def test_conv_bf16_compute_keeps_float32_params():
     y = conv.apply(variables, x)
     assert y.dtype == jnp.bfloat16
     assert float(y[0, 2, 2, 0]) == 0.5 * 27 + 0.5  # 3x3x3 taps of 1 * 0.5, plus the bias
-
-
-def caffe_pool_reference(x_HxW, window, stride, pad, ceil_mode, mode):
-    """Caffe's PoolingLayer loops (max ignores padding; ave divides by the clipped window)."""
-    height, width = x_HxW.shape
-
-    def out_size(size):
-        if ceil_mode:
-            out = int(np.ceil((size + 2 * pad - window) / stride)) + 1
-            if pad and (out - 1) * stride >= size + pad:
-                out -= 1
-            return out
-        return (size + 2 * pad - window) // stride + 1
-
-    out = np.zeros((out_size(height), out_size(width)))
-    for ph in range(out.shape[0]):
-        for pw in range(out.shape[1]):
-            hstart, wstart = ph * stride - pad, pw * stride - pad
-            hend, wend = min(hstart + window, height + pad), min(wstart + window, width + pad)
-            count = (hend - hstart) * (wend - wstart)
-            cells = x_HxW[max(hstart, 0):min(hend, height), max(wstart, 0):min(wend, width)]
-            out[ph, pw] = cells.max() if mode == "max" else cells.sum() / count
-    return out
 
 
 @pytest.mark.parametrize("size", [(7, 8)])

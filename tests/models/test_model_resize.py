@@ -9,29 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from deeplab_jax.models import resize
-
-
-def bilinear_per_pixel(x_HxWxC, out_h, out_w, align_corners):
-    """Textbook bilinear interpolation, one output pixel at a time."""
-    in_h, in_w, _ = x_HxWxC.shape
-
-    def source(i, in_size, out_size):
-        if align_corners:
-            return 0.0 if out_size == 1 else i * (in_size - 1) / (out_size - 1)
-        return min(max((i + 0.5) * in_size / out_size - 0.5, 0.0), in_size - 1)
-
-    out = np.zeros((out_h, out_w, x_HxWxC.shape[2]))
-    for i in range(out_h):
-        y = source(i, in_h, out_h)
-        y0 = math.floor(y)
-        y1, fy = min(y0 + 1, in_h - 1), y - y0
-        for j in range(out_w):
-            x = source(j, in_w, out_w)
-            x0 = math.floor(x)
-            x1, fx = min(x0 + 1, in_w - 1), x - x0
-            out[i, j] = ((1 - fy) * (1 - fx) * x_HxWxC[y0, x0] + (1 - fy) * fx * x_HxWxC[y0, x1]
-                         + fy * (1 - fx) * x_HxWxC[y1, x0] + fy * fx * x_HxWxC[y1, x1])
-    return out
+from tests.helpers.models import bilinear_per_pixel
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
@@ -99,7 +77,7 @@ def test_resize_labels_nearest_matches_round_formula():
             c = math.floor(j * 12 / 5 + 0.5)
             np.testing.assert_array_equal(got[:, i, j], labels[:, r, c])
     assert got.dtype == np.int32
-    # 321 -> 41 picks exactly labels[::8], the training engineer's subsampling.
+    # 321 -> 41 picks exactly labels[::8], the labels at the logits of output stride 8.
     big = jnp.asarray(rng.integers(0, 21, size=(1, 321, 321)), jnp.int32)
     np.testing.assert_array_equal(resize.resize_labels_nearest(big, (41, 41)), big[:, ::8, ::8])
 

@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_backbones import random_variables
 
 from deeplab_jax import losses, models
 from deeplab_jax.models import pointrend
 from deeplab_jax.models.resize import resize_bilinear
+from tests.helpers.models import random_variables
 
 TINY_V3PLUS = dict(widths=(4, 4, 8, 8), aspp_features=8, decoder_features=8,
                    decoder_low_level_features=4, pointrend=True, pointrend_points=24,

@@ -8,9 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_backbones import abstract_params, count_params, random_variables
 
 from deeplab_jax.models.backbones import resnet, xception
+from tests.helpers.models import (
+    XCEPTION65_TF_COUNT,
+    abstract_params,
+    count_params,
+    np_conv_bn,
+    np_separable,
+    random_variables,
+)
 
 # A small Xception with the real topology: every width / 16, one middle-flow unit.
 TINY_XCEPTION = dict(width_multiplier=1 / 16, middle_repeats=1)
@@ -27,7 +34,8 @@ def test_xception_atrous_consistency_at_every_output_stride():
     Multi-grid (1, 2, 1) in exit block2; BN in inference mode with random statistics.
     """
     x = _input(33)
-    small = functools.partial(xception.Xception, multi_grid=(1, 2, 1), **TINY_XCEPTION)
+    small = functools.partial(
+        xception.Xception, xception.XceptionSpec(multi_grid=(1, 2, 1), **TINY_XCEPTION))
     variables = random_variables(small(output_stride=16), x)
     features = {os: jax.jit(small(output_stride=os).apply)(variables, x) for os in (4, 8, 16, 32)}
     assert [features[os].shape[1] for os in (4, 8, 16, 32)] == [9, 5, 3, 2]
@@ -38,7 +46,8 @@ def test_xception_atrous_consistency_at_every_output_stride():
             rtol=1e-4, atol=1e-4, err_msg=f"OS {dense} subsampled != OS {sparse}",
         )
     # The check has teeth: without the multi-grid in the dense model the rates are wrong.
-    wrong = jax.jit(xception.Xception(output_stride=8, **TINY_XCEPTION).apply)(variables, x)
+    wrong = jax.jit(xception.Xception(xception.XceptionSpec(**TINY_XCEPTION),
+                                      output_stride=8).apply)(variables, x)
     assert not np.allclose(np.asarray(wrong[:, ::2, ::2]), np.asarray(features[16]), atol=1e-3)
 
 
@@ -81,9 +90,6 @@ def _tf_xception65_trainable_count():
                 total += conv(1, cin, depths[-1])
             cin = depths[-1]
     return total
-
-
-XCEPTION65_TF_COUNT = 37_867_312
 
 
 def test_xception65_parameter_count_matches_the_tf_definition():
@@ -133,7 +139,7 @@ def _timm_tiny_xception_and_ours():
     theirs = timm_xception.XceptionAligned(
         cfg, num_classes=0, output_stride=16,
         norm_layer=functools.partial(torch.nn.BatchNorm2d, eps=1e-3)).eval()
-    return theirs, xception.Xception(output_stride=16, middle_repeats=1)
+    return theirs, xception.Xception(xception.XceptionSpec(middle_repeats=1), output_stride=16)
 
 
 def _copy_into_timm(theirs, variables):
@@ -191,9 +197,9 @@ def test_xception65_count_equals_timm_xception65():
                                                  ("bottleneck", False)])
 def test_resnet_endpoints_are_backward_compatible(block, stride_on_3x3):
     """return_endpoints=False returns exactly the old output; the endpoints are the stages'."""
-    model = resnet.ResNet(stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8), stem_width=4, block=block,
-                          stride_on_3x3=stride_on_3x3, output_stride=16, multi_grid=(1, 2, 4),
-                          pool_ceil_mode=False)
+    spec = resnet.ResNetSpec(stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8), stem_width=4,
+                             block=block, stride_on_3x3=stride_on_3x3, multi_grid=(1, 2, 4))
+    model = resnet.ResNet(spec, output_stride=16, pool_ceil_mode=False)
     x = _input(65, seed=4)
     variables = random_variables(model, x)
     plain = jax.jit(model.apply)(variables, x)
@@ -211,9 +217,9 @@ def test_resnet_endpoints_are_backward_compatible(block, stride_on_3x3):
 def test_resnet_v3_multigrid_atrous_consistency():
     """The v3 trunk (torchvision layout, multi-grid (1, 2, 4) over 3 blocks): OS 8 subsampled =
     OS 16, OS 16 subsampled = OS 32."""
-    small = functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8),
-                              stem_width=4, stride_on_3x3=True, multi_grid=(1, 2, 4),
-                              pool_ceil_mode=False)
+    spec = resnet.ResNetSpec(stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8), stem_width=4,
+                             stride_on_3x3=True, multi_grid=(1, 2, 4))
+    small = functools.partial(resnet.ResNet, spec, pool_ceil_mode=False)
     x = _input(65, seed=5)
     variables = random_variables(small(output_stride=16), x)
     features = {os: jax.jit(small(output_stride=os).apply)(variables, x) for os in (8, 16, 32)}
@@ -229,8 +235,6 @@ def test_resnet_v3_multigrid_atrous_consistency():
 def test_xception_unit_matches_numpy(skip, stride, inside, relu_after_depthwise):
     """TF's xception_module: ReLU before each separable conv (or inside it, exit block2), BN after
     the depthwise and the pointwise conv, stride on the third, then the shortcut."""
-    from test_v3_heads import np_conv_bn, np_separable
-
     x = _input(9, seed=6)[..., :3].repeat(2, axis=-1)  # 6 channels
     depths = (6, 6, 6) if skip == "sum" else (4, 5, 7)
     rates = (1, 2, 1)

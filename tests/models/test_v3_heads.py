@@ -8,51 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_backbones import count_params, random_variables
-from test_model_layers import dilate_kernel, numpy_correlate
-from test_model_resize import bilinear_per_pixel
 
 from deeplab_jax.models import layers, separable
 from deeplab_jax.models.heads import aspp_v3, decoder
-
-EPS = layers.NormConfig().epsilon
-
+from tests.helpers.models import (
+    bilinear_per_pixel,
+    block_diagonal,
+    count_params,
+    dilate_kernel,
+    np_conv_bn,
+    np_separable,
+    numpy_correlate,
+    random_variables,
+)
 
 def normal(shape, seed):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
-
-
-def block_diagonal(kernel_HxWxIgxO, groups):
-    """The dense (k, k, C, O) kernel a grouped conv equals: zeros between the groups' blocks."""
-    k, _, in_per_group, out = kernel_HxWxIgxO.shape
-    out_per_group = out // groups
-    dense = np.zeros((k, k, in_per_group * groups, out))
-    for g in range(groups):
-        dense[:, :, g * in_per_group:(g + 1) * in_per_group,
-              g * out_per_group:(g + 1) * out_per_group] = \
-            kernel_HxWxIgxO[:, :, :, g * out_per_group:(g + 1) * out_per_group]
-    return dense
-
-
-def np_bn(x, bn, stats):
-    """BatchNorm in inference mode with the stored statistics."""
-    return ((x - np.asarray(stats["mean"])) / np.sqrt(np.asarray(stats["var"]) + EPS)
-            * np.asarray(bn["scale"]) + np.asarray(bn["bias"]))
-
-
-def np_conv_bn(x, params, stats, rate=1, relu=True, stride=1):
-    """ConvBN (conv/bn submodules) in NumPy; grouped kernels are made block-diagonal first."""
-    kernel = np.asarray(params["conv"]["kernel"], np.float64)
-    groups = x.shape[-1] // kernel.shape[2]
-    kernel = dilate_kernel(block_diagonal(kernel, groups), rate)
-    y = np_bn(numpy_correlate(x, kernel, (kernel.shape[0] - 1) // 2, stride),
-              params["bn"], stats["bn"])
-    return np.maximum(y, 0.0) if relu else y
-
-
-def np_separable(x, params, stats, rate=1, depthwise_relu=True, relu=True, stride=1):
-    h = np_conv_bn(x, params["depthwise"], stats["depthwise"], rate, depthwise_relu, stride)
-    return np_conv_bn(h, params["pointwise"], stats["pointwise"], 1, relu)
 
 
 @pytest.mark.parametrize("groups,rate,stride", [(6, 1, 1), (6, 2, 1), (6, 3, 2), (2, 2, 1)])
@@ -199,9 +170,9 @@ def test_decoder_skip_shapes_and_values():
 def test_decoder_separable_convs_and_head():
     encoder = normal((1, 3, 3, 10), seed=7)
     low_level = normal((1, 9, 9, 6), seed=8)
-    head = decoder.DeepLabV3PlusHead(4, aspp_features=8, rates=(1, 2), low_level_features=3,
-                                     decoder_features=8, decoder_separable=True,
-                                     aspp_separable=True, dropout_rate=0.0)
+    head = decoder.DeepLabV3PlusHead(
+        4, aspp=aspp_v3.ASPPSpec(rates=(1, 2), features=8, separable=True, dropout_rate=0.0),
+        decoder=decoder.DecoderSpec(low_level_features=3, features=8, separable=True))
     variables = random_variables(head, encoder, low_level)
     params = variables["params"]
     assert set(params) == {"aspp", "decoder", "logits"}
@@ -236,7 +207,7 @@ def test_v3_head_equals_torchvision_deeplabhead():
         "torchvision.models.segmentation.deeplabv3",
         reason="torchvision is not installed (optional reference)")
     x = normal((2, 13, 11, 4), seed=9)
-    ours = aspp_v3.DeepLabV3Head(3, 256, (12, 24, 36), extra_conv3x3=True)
+    ours = aspp_v3.DeepLabV3Head(3, aspp=aspp_v3.ASPPSpec(rates=(12, 24, 36), extra_conv3x3=True))
     variables = random_variables(ours, x)
     p, s = variables["params"], variables["batch_stats"]
     theirs = segmentation.DeepLabHead(4, 3).eval()

@@ -10,27 +10,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_backbones import count_params, random_variables
-from test_v3_backbones import XCEPTION65_TF_COUNT
 
 from deeplab_jax import models
 from deeplab_jax.models.backbones.vgg import VGG16
 from deeplab_jax.models.deeplab import DeepLab
 from deeplab_jax.models.heads.decoder import DeepLabV3PlusHead
+from tests.helpers.models import (
+    XCEPTION65_TF_COUNT,
+    abstract_init,
+    count_params,
+    random_variables,
+)
 
 V3_NAMES = ("deeplab_v3_resnet50", "deeplab_v3_resnet101", "deeplab_v3plus_resnet50",
             "deeplab_v3plus_resnet101", "deeplab_v3plus_xception65", "deeplab_v3_demo",
             "deeplab_v3plus_demo")
-RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 TINY_RESNET = dict(stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8), aspp_features=8,
                    decoder_features=8, decoder_low_level_features=4)
-
-
-def abstract_init(model, shape):
-    logits, variables = jax.eval_shape(
-        functools.partial(model.init_with_output, train=False), RNGS,
-        jax.ShapeDtypeStruct(shape, jnp.uint8))
-    return variables, logits
 
 
 def shapes(tree):
@@ -45,10 +41,10 @@ def test_v3_names_are_registered():
         assert {"decoder", "pointrend", "aspp_rates", "output_stride"} <= set(
             models.accepted_overrides(name))
     demo = models.get_model("deeplab_v3plus_demo", 8)
-    assert demo.backbone.widths == (16, 32, 64, 128) and demo.backbone.block == "basic"
+    assert demo.backbone.spec.widths == (16, 32, 64, 128) and demo.backbone.spec.block == "basic"
     assert demo.input_norm == "imagenet" and not demo.backbone.norm.frozen
     paper = models.get_model("deeplab_v3plus_resnet101", 21)
-    assert paper.backbone.output_stride == 16 and paper.backbone.multi_grid == (1, 2, 4)
+    assert paper.backbone.output_stride == 16 and paper.backbone.spec.multi_grid == (1, 2, 4)
     assert not paper.backbone.norm.frozen  # v3 trains BatchNorm (§4.1)
     assert models.get_model("deeplab_v3plus_xception65", 21).input_norm == "inception"
 
@@ -62,8 +58,8 @@ def test_output_stride_16_and_8_share_the_parameter_tree(name):
     variables16, logits16 = abstract_init(os16, (2, 65, 65, 3))
     variables8, logits8 = abstract_init(os8, (2, 65, 65, 3))
     assert shapes(variables16) == shapes(variables8)
-    rates16 = os16.head.rates
-    assert tuple(os8.head.rates) == tuple(2 * r for r in rates16)
+    rates16 = os16.head.aspp.rates
+    assert tuple(os8.head.aspp.rates) == tuple(2 * r for r in rates16)
     if "v3plus" in name:
         assert logits16.shape == logits8.shape == (2, 17, 17, 21)  # stride 4
     else:
@@ -113,7 +109,7 @@ def test_v3_resnet101_count_in_torchvision_configuration():
     (OS 8 with our OS-16 rates 6,12,18, extra_conv3x3) has the same count."""
     model = models.get_model("deeplab_v3_resnet101", 21, output_stride=8, multi_grid=(),
                              extra_conv3x3=True)
-    assert model.head.rates == (12, 24, 36)
+    assert model.head.aspp.rates == (12, 24, 36)
     variables, _ = abstract_init(model, (1, 65, 65, 3))
     assert count_params(variables["params"]) == 58_630_997
     assert count_params(variables["params"]["head"]) == _v3_head_count(2048, 21, extra=True)

@@ -9,11 +9,11 @@ The released Caffe model (MSRA ResNet layout) has
          bias, a projection shortcut (1x1 conv + BN) in the first block of each stage, the stride on
          the 1x1 reduce conv (Caffe/v1 layout; `stride_on_3x3=True` is the torchvision/v1.5 layout);
   output stride 8: res4 stride 1 rate 2, res5 stride 1 rate 4 (16: res4 stride 2, res5 rate 2).
-`output_stride` may be 4, 8, 16 or 32; `multi_grid` multiplies the rates of the last stage's blocks
-(DeepLab-v3 §3.2). With the stride on the 3x3 conv, the first block of a dilated stage keeps the
-previous rate in its (formerly strided) 3x3, as torchvision does; this is what makes the network an
-exact atrous re-sampling of itself at every output stride (tested). Basic blocks (two 3x3 convs, for
-the small demo models) follow the same rules with the stride on the first 3x3.
+`output_stride` may be 4, 8, 16 or 32; `ResNetSpec.multi_grid` multiplies the rates of the last
+stage's blocks (DeepLab-v3 §3.2). With the stride on the 3x3 conv, the first block of a dilated
+stage keeps the previous rate in its (formerly strided) 3x3, as torchvision does; this is what makes
+the network an exact atrous re-sampling of itself at every output stride (tested). Basic blocks (two
+3x3 convs, for the small demo models) follow the same rules with the stride on the first 3x3.
 
 Parameter tree (names as kazuto1011/deeplab-pytorch, whose `layer1` is our `stem`):
   stem/conv1/{conv/kernel, bn/{scale,bias}}                       Caffe conv1, bn_conv1/scale_conv1
@@ -26,15 +26,55 @@ Parameter tree (names as kazuto1011/deeplab-pytorch, whose `layer1` is our `stem
   its conv1/conv2/conv3/downsample are our reduce/conv3x3/increase/shortcut.
 """
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import ConvBN, NormConfig, max_pool, remat_policy
+from deeplab_jax.models.layers import ConvBN, NormConfig, max_pool, remat_policy, tuple_fields
 
 STEM_STRIDE = 4  # conv1 stride 2 x max-pool stride 2
 OUTPUT_STRIDES = (4, 8, 16, 32)
+RESNET101_STAGES = (3, 4, 23, 3)
+RESNET50_STAGES = (3, 4, 6, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+    """What the trunk is, independent of the output stride it runs at; hashable.
+
+    Defaults: DeepLab-v2's ResNet-101 in the Caffe (MSRA) layout (v2 paper §4.1.2).
+    stage_sizes: blocks in layer2..layer5. widths: the blocks' inner width per stage (a bottleneck
+    outputs 4x). block: 'bottleneck' or 'basic'. stem_width: conv1's channels, None = widths[0].
+    multi_grid: factors of the last stage's rates, one per block (v3 paper §3.2), () = all 1.
+    stride_on_3x3: the torchvision (v1.5) layout instead of Caffe's stride on the 1x1 reduce.
+    zero_init_last_bn: each block's last BN scale starts at 0 (its residual branch starts at 0).
+    """
+
+    stage_sizes: tuple = RESNET101_STAGES
+    widths: tuple = (64, 128, 256, 512)
+    block: str = "bottleneck"
+    stem_width: int | None = None
+    multi_grid: tuple = ()
+    stride_on_3x3: bool = False
+    zero_init_last_bn: bool = False
+
+    def __post_init__(self):
+        tuple_fields(self, "stage_sizes", "widths", "multi_grid")
+
+    @property
+    def stem(self):
+        """conv1's output channels."""
+        return self.widths[0] if self.stem_width is None else self.stem_width
+
+
+class BlockPlan(NamedTuple):
+    """Where a block sits in the atrous schedule (see `block_schedule`)."""
+
+    stride: int = 1
+    strided_rate: int = 1  # rate of the conv at the strided position
+    rate: int = 1  # rate of the block's other 3x3 convs
 
 
 def stage_strides_and_rates(output_stride):
@@ -55,7 +95,8 @@ def stage_strides_and_rates(output_stride):
 
 
 def block_schedule(stage_sizes, output_stride, multi_grid=()):
-    """Per stage, per block: (stride, rate of the strided-position conv, rate of the 3x3 convs).
+    """Per stage, per block: BlockPlan(stride, rate of the strided-position conv, rate of the
+    3x3 convs).
 
     The strided-position conv is the first block's 1x1 reduce (Caffe), its 3x3 (torchvision) or its
     first 3x3 (basic block); in a dilated stage it keeps the previous stage's rate.
@@ -78,9 +119,9 @@ def block_schedule(stage_sizes, output_stride, multi_grid=()):
         for j in range(size):
             block_rate = rate * grid[j]
             if j == 0:
-                blocks.append((stride, previous_rate * grid[0], block_rate))
+                blocks.append(BlockPlan(stride, previous_rate * grid[0], block_rate))
             else:
-                blocks.append((1, block_rate, block_rate))
+                blocks.append(BlockPlan(1, block_rate, block_rate))
         schedule.append(tuple(blocks))
     return tuple(schedule)
 
@@ -90,9 +131,7 @@ class Bottleneck(nn.Module):
 
     width: int
     out_features: int
-    stride: int = 1
-    strided_rate: int = 1
-    rate: int = 1
+    plan: BlockPlan = BlockPlan()
     stride_on_3x3: bool = False
     projection: bool = False
     zero_init_last_bn: bool = False
@@ -103,8 +142,9 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
         unit = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
-        reduce_stride, mid_stride = (1, self.stride) if self.stride_on_3x3 else (self.stride, 1)
-        mid_rate = self.strided_rate if self.stride_on_3x3 else self.rate
+        stride = self.plan.stride
+        reduce_stride, mid_stride = (1, stride) if self.stride_on_3x3 else (stride, 1)
+        mid_rate = self.plan.strided_rate if self.stride_on_3x3 else self.plan.rate
         h = ConvBN(self.width, 1, stride=reduce_stride, name="reduce", **unit)(x, train)
         h = ConvBN(
             self.width, 3, stride=mid_stride, rate=mid_rate, name="conv3x3", **unit
@@ -113,11 +153,17 @@ class Bottleneck(nn.Module):
             self.out_features, 1, relu=False, name="increase",
             bn_scale_init=nn.initializers.zeros if self.zero_init_last_bn else None, **unit,
         )(h, train)
-        if self.projection:
-            x = ConvBN(
-                self.out_features, 1, stride=self.stride, relu=False, name="shortcut", **unit
-            )(x, train)
-        return nn.relu(h + x.astype(h.dtype))
+        return _add_shortcut(self, h, x, train)
+
+
+def _add_shortcut(block, h, x, train):
+    """ReLU(h + shortcut(x)): a strided 1x1 conv + BN projection when `block.projection`."""
+    if block.projection:
+        x = ConvBN(
+            block.out_features, 1, stride=block.plan.stride, relu=False, name="shortcut",
+            norm=block.norm, dtype=block.dtype, param_dtype=block.param_dtype,
+        )(x, train)
+    return nn.relu(h + x.astype(h.dtype))
 
 
 class BasicBlock(nn.Module):
@@ -125,9 +171,7 @@ class BasicBlock(nn.Module):
 
     width: int
     out_features: int
-    stride: int = 1
-    strided_rate: int = 1
-    rate: int = 1
+    plan: BlockPlan = BlockPlan()
     stride_on_3x3: bool = True  # the only layout a basic block has; kept for a uniform signature
     projection: bool = False
     zero_init_last_bn: bool = False
@@ -139,17 +183,14 @@ class BasicBlock(nn.Module):
     def __call__(self, x, train=False):
         unit = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
         h = ConvBN(
-            self.width, 3, stride=self.stride, rate=self.strided_rate, name="conv1", **unit
+            self.width, 3, stride=self.plan.stride, rate=self.plan.strided_rate, name="conv1",
+            **unit,
         )(x, train)
         h = ConvBN(
-            self.out_features, 3, rate=self.rate, relu=False, name="conv2",
+            self.out_features, 3, rate=self.plan.rate, relu=False, name="conv2",
             bn_scale_init=nn.initializers.zeros if self.zero_init_last_bn else None, **unit,
         )(h, train)
-        if self.projection:
-            x = ConvBN(
-                self.out_features, 1, stride=self.stride, relu=False, name="shortcut", **unit
-            )(x, train)
-        return nn.relu(h + x.astype(h.dtype))
+        return _add_shortcut(self, h, x, train)
 
 
 BLOCKS = {"bottleneck": (Bottleneck, 4), "basic": (BasicBlock, 1)}
@@ -160,7 +201,7 @@ class ResStage(nn.Module):
 
     block: str
     width: int
-    schedule: tuple  # ((stride, strided_rate, rate), ...) per block
+    schedule: tuple  # a BlockPlan per block
     # Whether block1 has a projection shortcut. Decided by the nominal (ImageNet) stride and widths,
     # never by the output stride, so that the parameter tree is the same at every output stride.
     first_projection: bool = True
@@ -178,10 +219,9 @@ class ResStage(nn.Module):
             # Argument 2 counts the module itself: (self, x, train); `train` must stay static.
             block_cls = nn.remat(block_cls, static_argnums=(2,), policy=remat_policy(self.remat))
         out_features = self.width * expansion
-        for j, (stride, strided_rate, rate) in enumerate(self.schedule):
+        for j, plan in enumerate(self.schedule):
             x = block_cls(
-                self.width, out_features, stride=stride, strided_rate=strided_rate, rate=rate,
-                stride_on_3x3=self.stride_on_3x3,
+                self.width, out_features, plan=BlockPlan(*plan), stride_on_3x3=self.stride_on_3x3,
                 projection=self.first_projection if j == 0 else False,
                 zero_init_last_bn=self.zero_init_last_bn, norm=self.norm, dtype=self.dtype,
                 param_dtype=self.param_dtype, name=f"block{j + 1}",
@@ -190,9 +230,9 @@ class ResStage(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Atrous ResNet trunk; returns the last stage's features at `output_stride`.
+    """Atrous ResNet trunk (`spec`); returns the last stage's features at `output_stride`.
 
-    Defaults are DeepLab-v2's ResNet-101 (Caffe layout, output stride 8).
+    Defaults are DeepLab-v2's ResNet-101 (Caffe layout, ceil-mode pooling, output stride 8).
     `__call__(x, train, return_endpoints=True)` returns `(features, endpoints)` where endpoints maps
     'stem', 'layer2' ... 'layer5' to each stage's output; 'layer2' (stride 4, torchvision's layer1,
     Caffe res2) is `LOW_LEVEL_ENDPOINT`, the low-level features of the v3+ decoder (v3+ paper §4.1
@@ -201,15 +241,9 @@ class ResNet(nn.Module):
 
     LOW_LEVEL_ENDPOINT = "layer2"
 
-    stage_sizes: Sequence[int] = (3, 4, 23, 3)
-    widths: Sequence[int] = (64, 128, 256, 512)
-    block: str = "bottleneck"
-    stem_width: int = 64
+    spec: ResNetSpec = ResNetSpec()
     output_stride: int = 8
-    multi_grid: Sequence[int] = ()
-    stride_on_3x3: bool = False
     pool_ceil_mode: bool = True
-    zero_init_last_bn: bool = False
     remat: bool | str = False  # True / 'full' or a jax.checkpoint_policies name (remat_policy)
     norm: NormConfig = NormConfig()
     dtype: Any = jnp.float32
@@ -217,24 +251,24 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWx3, train=False, return_endpoints=False):
-        if self.block not in BLOCKS:
-            raise ValueError(f"block={self.block!r} is unknown; use one of {tuple(BLOCKS)}")
-        if len(tuple(self.widths)) != 4:
-            raise ValueError(f"widths must be 4 ints (one per stage), got {self.widths!r}")
-        schedule = block_schedule(self.stage_sizes, self.output_stride, self.multi_grid)
+        spec = self.spec
+        if spec.block not in BLOCKS:
+            raise ValueError(f"block={spec.block!r} is unknown; use one of {tuple(BLOCKS)}")
+        if len(spec.widths) != 4:
+            raise ValueError(f"widths must be 4 ints (one per stage), got {spec.widths!r}")
+        schedule = block_schedule(spec.stage_sizes, self.output_stride, spec.multi_grid)
         unit = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
-        expansion = BLOCKS[self.block][1]
-        x = Stem(self.stem_width, self.pool_ceil_mode, name="stem", **unit)(x_BxHxWx3, train)
+        expansion = BLOCKS[spec.block][1]
+        x = Stem(spec.stem, self.pool_ceil_mode, name="stem", **unit)(x_BxHxWx3, train)
         endpoints = {"stem": x}
-        for stage, (width, blocks) in enumerate(zip(self.widths, schedule)):
+        for stage, (width, blocks) in enumerate(zip(spec.widths, schedule)):
             # layer2 keeps the resolution (projection only if the width changes); layer3-5 halve
             # it on ImageNet, so their first block always projects (Caffe res{3,4,5}a_branch1).
             first_projection = stage > 0 or x.shape[-1] != width * expansion
             x = ResStage(
-                self.block, width, blocks, first_projection=first_projection,
-                stride_on_3x3=self.stride_on_3x3,
-                zero_init_last_bn=self.zero_init_last_bn, remat=self.remat,
-                name=f"layer{stage + 2}", **unit,
+                spec.block, width, blocks, first_projection=first_projection,
+                stride_on_3x3=spec.stride_on_3x3, zero_init_last_bn=spec.zero_init_last_bn,
+                remat=self.remat, name=f"layer{stage + 2}", **unit,
             )(x, train)
             endpoints[f"layer{stage + 2}"] = x
         return (x, endpoints) if return_endpoints else x

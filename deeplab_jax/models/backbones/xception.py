@@ -19,12 +19,12 @@ middle and exit block1 units the ReLU comes *before* each separable conv (pre-ac
 block2 both BNs are followed by ReLU. `relu_after_depthwise=True` puts a ReLU after every
 depthwise BN as the paper's text describes (same parameters; not the released checkpoints).
 
-Atrous rates: TF's `stack_blocks_dense` rule. The stem has stride 2; once the target output
-stride is reached, a unit that would stride instead runs at stride 1 with the current rate, and
-the rate is multiplied by its stride for the later units. A de-strided 3x3 conv at rate r,
-subsampled by 2, is exactly the strided conv, so the network is an atrous re-sampling of itself
-at output strides 4, 8, 16 and 32 (tested). `multi_grid` multiplies the rates of exit block2's
-three separable convs (TF `unit_rate_list`).
+Atrous rates: TF's `stack_blocks_dense` rule. The stem has stride 2; once the target output stride
+is reached, a unit that would stride instead runs at stride 1 with the current rate, and the rate is
+multiplied by its stride for the later units. A de-strided 3x3 conv at rate r, subsampled by 2, is
+exactly the strided conv, so the network is an atrous re-sampling of itself at output strides 4, 8,
+16 and 32 (tested). `XceptionSpec.multi_grid` multiplies the rates of exit block2's three separable
+convs (TF `unit_rate_list`).
 
 Parameter count (width_multiplier 1): 37,867,312 trainable (conv kernels, BN gamma/beta), the
 sum over the layout above; with TF's 1001-class ImageNet logits it is the ~40M that timm reports
@@ -34,12 +34,13 @@ for its port of these weights. Parameter names follow TF's scopes:
   unit{1..16}/..., exit_flow/block{1,2}/unit1/...
 """
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import ConvBN, NormConfig, remat_policy
+from deeplab_jax.models.layers import ConvBN, NormConfig, remat_policy, tuple_fields
 from deeplab_jax.models.separable import SeparableConvBN
 
 OUTPUT_STRIDES = (4, 8, 16, 32)
@@ -55,6 +56,24 @@ XCEPTION65_BLOCKS = (
 )
 STEM_WIDTHS = (32, 64)
 LOW_LEVEL_ENDPOINT = "entry_flow/block2/unit1/separable_conv2"
+
+
+@dataclasses.dataclass(frozen=True)
+class XceptionSpec:
+    """What the trunk is, independent of the output stride it runs at; hashable.
+
+    Defaults: the released Xception-65. multi_grid: factors of exit_flow/block2's three rates,
+    () = (1, 1, 1). middle_repeats and width_multiplier shrink the network (tests, demos).
+    relu_after_depthwise: a ReLU after every depthwise BN, as the v3+ paper's text (§3.2).
+    """
+
+    multi_grid: tuple = ()
+    middle_repeats: int = 16
+    width_multiplier: float = 1.0
+    relu_after_depthwise: bool = False
+
+    def __post_init__(self):
+        tuple_fields(self, "multi_grid")
 
 
 def unit_schedule(output_stride, blocks=XCEPTION65_BLOCKS):
@@ -187,47 +206,45 @@ def _scaled(width, multiplier):
 
 
 class Xception(nn.Module):
-    """Modified aligned Xception (65 layers by default); features at `output_stride` (2048 ch).
+    """Modified aligned Xception (`spec`, 65 layers by default); features at `output_stride`.
 
     `__call__(x, train, return_endpoints=True)` returns `(features, endpoints)`:
     'entry_flow/conv1_2', 'flow/blockN' (each block's output) and
     'flow/blockN/unitK/separable_convI', among them `LOW_LEVEL_ENDPOINT` (entry_flow/block2's
     second separable conv: stride 4, 256 ch, before ReLU; TF's decoder end point for
-    xception_65). `width_multiplier` and `middle_repeats` shrink the network for tests and demos.
+    xception_65).
     """
 
     LOW_LEVEL_ENDPOINT = LOW_LEVEL_ENDPOINT
 
+    spec: XceptionSpec = XceptionSpec()
     output_stride: int = 16
-    multi_grid: Sequence[int] = ()
-    middle_repeats: int = 16
-    width_multiplier: float = 1.0
-    relu_after_depthwise: bool = False
     remat: bool = False
     norm: NormConfig = NormConfig(momentum=0.9997, epsilon=1e-3)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def block_table(self):
-        """XCEPTION65_BLOCKS with `middle_repeats` and `width_multiplier` applied."""
-        if self.middle_repeats < 1:
-            raise ValueError(f"middle_repeats must be >= 1, got {self.middle_repeats!r}")
-        if self.width_multiplier <= 0:
-            raise ValueError(f"width_multiplier must be positive, got {self.width_multiplier!r}")
+        """XCEPTION65_BLOCKS with the spec's `middle_repeats` and `width_multiplier` applied."""
+        spec = self.spec
+        if spec.middle_repeats < 1:
+            raise ValueError(f"middle_repeats must be >= 1, got {spec.middle_repeats!r}")
+        if spec.width_multiplier <= 0:
+            raise ValueError(f"width_multiplier must be positive, got {spec.width_multiplier!r}")
         blocks = []
         for flow, name, depths, skip, units, stride, inside in XCEPTION65_BLOCKS:
-            units = self.middle_repeats if flow == "middle_flow" else units
-            depths = tuple(_scaled(d, self.width_multiplier) for d in depths)
+            units = spec.middle_repeats if flow == "middle_flow" else units
+            depths = tuple(_scaled(d, spec.width_multiplier) for d in depths)
             blocks.append((flow, name, depths, skip, units, stride, inside))
         return tuple(blocks)
 
     @nn.compact
     def __call__(self, x_BxHxWx3, train=False, return_endpoints=False):
-        multi_grid = tuple(self.multi_grid) or (1, 1, 1)
+        multi_grid = self.spec.multi_grid or (1, 1, 1)
         if len(multi_grid) != 3 or any(int(m) != m or m < 1 for m in multi_grid):
             raise ValueError(
-                f"multi_grid={self.multi_grid!r} must be 3 positive ints (one per separable conv "
-                "of exit_flow/block2), or () for (1, 1, 1)"
+                f"multi_grid={self.spec.multi_grid!r} must be 3 positive ints (one per separable "
+                "conv of exit_flow/block2), or () for (1, 1, 1)"
             )
         blocks = self.block_table()
         schedule = unit_schedule(self.output_stride, blocks)
@@ -236,12 +253,12 @@ class Xception(nn.Module):
             grid = multi_grid if (flow, name) == ("exit_flow", "block2") else (1, 1, 1)
             units = tuple((stride, tuple(rate * g for g in grid)) for stride, rate in units)
             flows.setdefault(flow, []).append((name, depths, skip, units, inside))
-        stem = tuple(_scaled(w, self.width_multiplier) for w in STEM_WIDTHS)
+        stem = tuple(_scaled(w, self.spec.width_multiplier) for w in STEM_WIDTHS)
         endpoints, x = {}, x_BxHxWx3
         for flow, flow_blocks in flows.items():
             x, flow_endpoints = XceptionFlow(
                 tuple(flow_blocks), stem if flow == "entry_flow" else (),
-                relu_after_depthwise=self.relu_after_depthwise, remat=self.remat,
+                relu_after_depthwise=self.spec.relu_after_depthwise, remat=self.remat,
                 norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype, name=flow,
             )(x, train)
             endpoints.update({f"{flow}/{k}": v for k, v in flow_endpoints.items()})

@@ -2,28 +2,27 @@
 
 On ResNet, DeepLab-v2's ASPP is a set of parallel 3x3 atrous *classifiers* (conv with bias, K
 outputs) on the last features, one per rate, whose score maps are SUMMED (Caffe Eltwise SUM) — not
-the v3 ASPP (1x1 branch, image pooling, BN, concatenation and projection), which will live next to
-this one. ASPP-L uses rates (6, 12, 18, 24), ASPP-S (2, 4, 8, 12); LargeFOV on ResNet is the single-
+the v3 ASPP (1x1 branch, image pooling, BN, concatenation and projection) of `aspp_v3`. ASPP-L uses rates (6, 12, 18, 24), ASPP-S (2, 4, 8, 12); LargeFOV on ResNet is the single-
 rate case (3x3, rate 12, §4.1.2 "Employing LargeFOV"). Branches are named c0..c{n-1} (kazuto1011's
 names; Caffe's fc1_voc12_c0..c3) and initialised N(0, 0.01) with zero bias as in the release.
 
 Two equal formulations (tested equal; same parameters): 'conv' runs one atrous convolution per
 branch (lax.conv_general_dilated with rhs_dilation); 'taps' multiplies the features once by all
 branches' taps stacked as one C x (n k k K) matrix and adds the k*k shifted slices of each branch.
-Which is faster depends on the input width C (2-core CPU, jaxlib 0.10.2): with C = 2048 (ResNet,
-2048 -> 21 at 41x41, rate 12) a 3x3 conv with only K = 21 outputs uses the CPU poorly and its
-weight gradient through a dilated convolution worse, and 'taps' wins (forward 153 -> 48 ms,
-backward 640 -> 138 ms per branch); with C = 128 (the demo model, 17x17, batch 8) the 36 shifted
-slices and their transposes dominate, and 'conv' makes the whole train step 2.6x faster (377 ->
-146 ms). 'auto' (default) picks 'taps' from TAPS_MIN_CHANNELS input channels on.
+Which is faster depends on the input width C: with C = 2048 (ResNet, K = 21 classes) a 3x3 conv
+with so few outputs uses a CPU poorly, and its weight gradient through a dilated convolution worse,
+so 'taps' is faster; with C = 128 (the demo models) the 36 shifted slices and their transposes
+dominate, and 'conv' is faster. 'auto' (default) picks 'taps' from TAPS_MIN_CHANNELS input channels
+on.
 """
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import Conv, check_rates, classifier_normal
+from deeplab_jax.models.layers import Conv, check_rates, classifier_normal, tuple_fields
 
 IMPLEMENTATIONS = ("auto", "taps", "conv")
 TAPS_MIN_CHANNELS = 1024  # between the two measured widths above (128: conv, 2048: taps)
@@ -69,6 +68,18 @@ def summed_atrous_taps(x_BxhxwxC, kernels, biases, rates):
 ASPP_L_RATES = (6, 12, 18, 24)
 ASPP_S_RATES = (2, 4, 8, 12)
 LARGEFOV_RATES = (12,)
+
+
+@dataclasses.dataclass(frozen=True)
+class ASPPV2Spec:
+    """Settings of the v2 ASPP head: the classifiers' rates (ASPP-L by default) and the dropout
+    on the features entering them (0: the release has none on ResNet); hashable."""
+
+    rates: tuple = ASPP_L_RATES
+    dropout_rate: float = 0.0
+
+    def __post_init__(self):
+        tuple_fields(self, "rates")
 
 
 class ASPPV2(nn.Module):

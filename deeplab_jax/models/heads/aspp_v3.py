@@ -20,14 +20,23 @@ Parameter tree (concatenation order image_pooling, aspp0, aspp1.. as TF's `conca
   last, so its `project` kernel's input rows are ours rotated by one 256-block.
 `DeepLabV3Head` adds the classifier 'logits' (1x1, bias, N(0, 0.01)) and, for torchvision's
 `DeepLabHead` layout, an extra 3x3 conv + BN + ReLU ('conv3x3') between projection and classifier.
+The heads take their settings as one `ASPPSpec`.
 """
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import Conv, ConvBN, NormConfig, check_rates, classifier_normal
+from deeplab_jax.models.layers import (
+    Conv,
+    ConvBN,
+    NormConfig,
+    check_rates,
+    classifier_normal,
+    tuple_fields,
+)
 from deeplab_jax.models.separable import conv_or_separable
 
 DEEPLAB_V3_RATES = (6, 12, 18)  # at output stride 16 (v3 paper §3.3)
@@ -52,6 +61,32 @@ def rates_for_output_stride(rates_at_os16, output_stride):
             )
         scaled.append(int(numerator // output_stride))
     return tuple(scaled)
+
+
+@dataclasses.dataclass(frozen=True)
+class ASPPSpec:
+    """Settings of the v3 ASPP head; hashable (a module attribute).
+
+    rates: the 3x3 branches' rates. A model factory takes them at output stride 16, as the papers
+    state them, and hands `at_output_stride(os)` to the head, whose rates are at its input's
+    stride. features: channels of every branch and of the projection (256 in the papers).
+    image_pooling, separable, dropout_rate: as `ASPPV3`. extra_conv3x3: torchvision's
+    `DeepLabHead` layout (v3 head only: the v3+ decoder has 3x3 convs of its own).
+    """
+
+    rates: tuple = DEEPLAB_V3_RATES
+    features: int = 256
+    image_pooling: bool = True
+    separable: bool = False
+    dropout_rate: float = 0.1
+    extra_conv3x3: bool = False
+
+    def __post_init__(self):
+        tuple_fields(self, "rates")
+
+    def at_output_stride(self, output_stride):
+        """This spec with `rates` (given at output stride 16) scaled to `output_stride`."""
+        return dataclasses.replace(self, rates=rates_for_output_stride(self.rates, output_stride))
 
 
 class ASPPV3(nn.Module):
@@ -91,7 +126,8 @@ class ASPPV3(nn.Module):
         branches.append(ConvBN(self.features, 1, name="aspp0", **unit)(features_BxhxwxC, train))
         for index, rate in enumerate(rates):
             branches.append(conv_or_separable(
-                self.features, 3, rate, separable=self.separable, name=f"aspp{index + 1}", **unit,
+                self.features, 3, rate=rate, separable=self.separable, name=f"aspp{index + 1}",
+                **unit,
             )(features_BxhxwxC, train))
         x = jnp.concatenate(branches, axis=-1)
         x = ConvBN(self.features, 1, name="concat_projection", **unit)(x, train)
@@ -100,16 +136,26 @@ class ASPPV3(nn.Module):
         return x
 
 
+def aspp_from_spec(spec, *, norm, dtype, param_dtype):
+    """The `ASPPV3` submodule 'aspp' of a head with settings `spec` (rates at the input stride)."""
+    return ASPPV3(
+        features=spec.features, rates=spec.rates, image_pooling=spec.image_pooling,
+        separable=spec.separable, dropout_rate=spec.dropout_rate, norm=norm, dtype=dtype,
+        param_dtype=param_dtype, name="aspp",
+    )
+
+
+def classifier(num_classes, *, dtype, param_dtype):
+    """The 1x1 classifier 'logits' (bias, N(0, 0.01) init) that ends the v3 and v3+ heads."""
+    return Conv(num_classes, 1, kernel_init=classifier_normal, dtype=dtype,
+                param_dtype=param_dtype, name="logits")
+
+
 class DeepLabV3Head(nn.Module):
     """ASPP (v3) -> [3x3 conv + BN + ReLU] -> 1x1 classifier: logits at the features' stride."""
 
     num_classes: int
-    features: int = 256
-    rates: Sequence[int] = DEEPLAB_V3_RATES
-    image_pooling: bool = True
-    separable: bool = False
-    extra_conv3x3: bool = False
-    dropout_rate: float = 0.1
+    aspp: ASPPSpec = ASPPSpec()
     norm: NormConfig = NormConfig()
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -117,13 +163,7 @@ class DeepLabV3Head(nn.Module):
     @nn.compact
     def __call__(self, features_BxhxwxC, train=False):
         unit = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = ASPPV3(
-            self.features, tuple(self.rates), self.image_pooling, self.separable,
-            self.dropout_rate, name="aspp", **unit,
-        )(features_BxhxwxC, train)
-        if self.extra_conv3x3:
-            x = ConvBN(self.features, 3, name="conv3x3", **unit)(x, train)
-        return Conv(
-            self.num_classes, 1, kernel_init=classifier_normal, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="logits",
-        )(x)
+        x = aspp_from_spec(self.aspp, **unit)(features_BxhxwxC, train)
+        if self.aspp.extra_conv3x3:
+            x = ConvBN(self.aspp.features, 3, name="conv3x3", **unit)(x, train)
+        return classifier(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -16,15 +16,31 @@ Parameter tree (TF scope names): feature_projection0/{conv, bn}, decoder_conv{0,
 (or {depthwise, pointwise}/{conv, bn}); `DeepLabV3PlusHead` adds aspp/... and logits/.
 """
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.heads.aspp_v3 import DEEPLAB_V3_RATES, ASPPV3
-from deeplab_jax.models.layers import Conv, ConvBN, NormConfig, classifier_normal
+from deeplab_jax.models.heads.aspp_v3 import ASPPSpec, aspp_from_spec, classifier
+from deeplab_jax.models.layers import ConvBN, NormConfig
 from deeplab_jax.models.resize import resize_bilinear
 from deeplab_jax.models.separable import conv_or_separable
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    """Settings of the v3+ decoder (defaults: the paper's best, Tables 1-2); hashable.
+
+    enabled: a model factory builds the v3+ head (False: the v3 head; the other fields then
+    only keep their defaults). low_level_features: channels the stride-4 features are reduced to
+    (48). features: channels of the two 3x3 convs (256). separable: atrous separable 3x3 convs.
+    """
+
+    enabled: bool = True
+    low_level_features: int = 48
+    features: int = 256
+    separable: bool = False
 
 
 class DecoderV3Plus(nn.Module):
@@ -68,36 +84,30 @@ class DeepLabV3PlusHead(nn.Module):
     """ASPP (v3) on the encoder features -> decoder with the low-level features -> classifier.
 
     Called as head(features, low_level_features, train); `uses_low_level_features` tells
-    `DeepLab` to fetch the backbone's stride-4 endpoint.
+    `DeepLab` to fetch the backbone's stride-4 endpoint. `aspp.rates` are at the features' stride.
     """
 
     uses_low_level_features = True
 
     num_classes: int
-    aspp_features: int = 256
-    rates: Sequence[int] = DEEPLAB_V3_RATES
-    image_pooling: bool = True
-    aspp_separable: bool = False
-    dropout_rate: float = 0.1
-    low_level_features: int = 48
-    decoder_features: int = 256
-    decoder_separable: bool = False
+    aspp: ASPPSpec = ASPPSpec()
+    decoder: DecoderSpec = DecoderSpec()
     norm: NormConfig = NormConfig()
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def __post_init__(self):
+        if self.aspp.extra_conv3x3:
+            raise ValueError(
+                "extra_conv3x3 (torchvision's v3 head) does not apply with decoder=True")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, features_BxhxwxC, low_level_BxHxWxD, train=False):
         unit = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
-        encoder = ASPPV3(
-            self.aspp_features, tuple(self.rates), self.image_pooling, self.aspp_separable,
-            self.dropout_rate, name="aspp", **unit,
-        )(features_BxhxwxC, train)
+        encoder = aspp_from_spec(self.aspp, **unit)(features_BxhxwxC, train)
         x = DecoderV3Plus(
-            self.low_level_features, self.decoder_features, separable=self.decoder_separable,
-            name="decoder", **unit,
+            low_level_features=self.decoder.low_level_features, features=self.decoder.features,
+            separable=self.decoder.separable, name="decoder", **unit,
         )(encoder, low_level_BxHxWxD, train)
-        return Conv(
-            self.num_classes, 1, kernel_init=classifier_normal, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="logits",
-        )(x)
+        return classifier(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)

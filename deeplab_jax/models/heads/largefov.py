@@ -11,12 +11,34 @@ average pooling (padding 1) between pool5 and fc6; `pool5a=True` adds it (no par
 (2, 4, 8, 12) (ASPP-S) or (6, 12, 18, 24) (ASPP-L), whose fc8 scores are summed.
 """
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import Conv, avg_pool, check_rates, classifier_normal
+from deeplab_jax.models.layers import Conv, avg_pool, check_rates, classifier_normal, tuple_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGHeadSpec:
+    """Settings of the head on VGG-16 (defaults: DeepLab-LargeFOV); hashable.
+
+    fc6_kernel, fc6_rate: fc6's kernel size and atrous rate (Table 1). width: fc6 and fc7
+    channels. pool5a: the LargeFOV release's 3x3 average pooling before fc6. dropout_rate: after
+    fc6 and fc7. aspp_rates: None for one fc6-fc7-fc8 head (`FCHead`), or the fc6 rates of the
+    VGG ASPP (`VGGASPPHead`, whose 3x3 branches ignore fc6_kernel, fc6_rate and pool5a).
+    """
+
+    fc6_kernel: int = 3
+    fc6_rate: int = 12
+    width: int = 1024
+    pool5a: bool = True
+    dropout_rate: float = 0.5
+    aspp_rates: tuple | None = None
+
+    def __post_init__(self):
+        tuple_fields(self, "aspp_rates")
 
 
 class FCHead(nn.Module):

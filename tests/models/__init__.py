@@ -1,0 +1,1 @@
+"""Tests of deeplab_jax.models: layers, backbones, heads, factories, registry, PointRend."""

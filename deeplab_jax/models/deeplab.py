@@ -7,7 +7,10 @@ position, the maximum across scales; the loss is applied to every branch and to 
 training and testing. As in the Caffe release (its `Interp` shrink layers), scale s resizes the
 input bilinearly with aligned corners to int((H - 1) s) + 1 pixels (321 -> 241 -> 161), and branch
 logits are resized with aligned corners too. The same submodules are called at every scale, so the
-parameter tree does not depend on `msc_scales` (weights load either way). In training with unfrozen
+parameter tree does not depend on `msc_scales` (weights load either way). `resize_convention=
+'pytorch'` resizes as kazuto1011's PyTorch port does instead (branch sizes int(H s), half-pixel
+bilinear with align_corners=False for the input and the branch logits), so his MSC weights give his
+outputs; a Caffe-trained model keeps 'caffe'. In training with unfrozen
 BatchNorm, each scale updates the running statistics in turn (the release freezes BN,
 `bn_frozen=True`).
 
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 
 from deeplab_jax.models.layers import INPUT_NORMS, normalize_images
 from deeplab_jax.models.pointrend import point_sample, sample_training_points, subdivide
-from deeplab_jax.models.resize import resize_bilinear, scaled_size
+from deeplab_jax.models.resize import RESIZE_CONVENTIONS, resize_bilinear, scaled_size
 
 
 def check_msc_scales(msc_scales):
@@ -57,7 +60,8 @@ class CommonSpec:
     input_norm: a `normalize_images` mode. pool_ceil_mode: Caffe's ceil rule for pooled sizes
     (VGG pools, ResNet stem; Xception has no pooling). remat: True / 'full' or a
     jax.checkpoint_policies name, per backbone block. dtype: compute dtype (parameters and logits
-    stay float32).
+    stay float32). resize_convention: how MSC resizes, 'caffe' (the release) or 'pytorch'
+    (kazuto1011's port).
     """
 
     output_stride: int = 8
@@ -66,9 +70,13 @@ class CommonSpec:
     pool_ceil_mode: bool = True
     remat: bool | str = False
     dtype: Any = jnp.float32
+    resize_convention: str = "caffe"
 
     def __post_init__(self):
         object.__setattr__(self, "msc_scales", check_msc_scales(self.msc_scales))
+        if self.resize_convention not in RESIZE_CONVENTIONS:
+            raise ValueError(f"resize_convention={self.resize_convention!r}; use one of "
+                             f"{RESIZE_CONVENTIONS}")
 
 
 class DeepLab(nn.Module):
@@ -86,6 +94,7 @@ class DeepLab(nn.Module):
     input_norm: str = "caffe_bgr"
     dtype: Any = jnp.float32
     point_head: nn.Module | None = None
+    resize_convention: str = "caffe"
 
     def _needs_low_level(self):
         return bool(getattr(self.head, "uses_low_level_features", False)) or (
@@ -152,18 +161,22 @@ class DeepLab(nn.Module):
             return (logits_BxhxwxK, [logits_BxhxwxK]) if return_branches else logits_BxhxwxK
 
         _, height, width, _ = x_BxHxWx3.shape
+        convention = self.resize_convention
+        align_corners = convention == "caffe"
         branches = []
         for scale in scales:
             if scale == 1.0:
                 x_scaled = x_BxHxWx3
             else:
-                size = (scaled_size(height, scale), scaled_size(width, scale))
-                x_scaled = resize_bilinear(x_BxHxWx3, size, align_corners=True)
+                size = (scaled_size(height, scale, convention),
+                        scaled_size(width, scale, convention))
+                x_scaled = resize_bilinear(x_BxHxWx3, size, align_corners=align_corners)
             branches.append(self._logits(x_scaled, train))
         target_size = branches[scales.index(1.0)].shape[1:3]
         fused_BxhxwxK = None
         for branch in branches:
-            aligned = resize_bilinear(branch, target_size, align_corners=True)
+            aligned = (branch if branch.shape[1:3] == target_size
+                       else resize_bilinear(branch, target_size, align_corners=align_corners))
             fused_BxhxwxK = (
                 aligned if fused_BxhxwxK is None else jnp.maximum(fused_BxhxwxK, aligned)
             )

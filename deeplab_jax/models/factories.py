@@ -41,7 +41,8 @@ def backbone_module(spec, *, common: CommonSpec, norm: NormConfig):
 
 def _deeplab(common, *, backbone, head, point_head=None):
     return DeepLab(backbone=backbone, head=head, msc_scales=common.msc_scales,
-                   input_norm=common.input_norm, dtype=common.dtype, point_head=point_head)
+                   input_norm=common.input_norm, dtype=common.dtype, point_head=point_head,
+                   resize_convention=common.resize_convention)
 
 
 def build_v1_deeplab(num_classes: int, *, head: VGGHeadSpec, common: CommonSpec,

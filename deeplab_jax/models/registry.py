@@ -6,7 +6,8 @@ fields by flat names, `get_model(name, num_classes, output_stride=8, bn_frozen=T
 `Family` maps its names onto 'argument.field' of its builder. `accepted_overrides(name)` lists a
 model's names and `override_defaults(name)` their defaults; an unknown name is a ValueError.
 Every model accepts output_stride, msc_scales, bn_frozen, dtype, input_norm, dropout_rate,
-aspp_rates, remat and pool_ceil_mode (aspp_rates and dropout_rate set each family's own head).
+aspp_rates, remat, pool_ceil_mode and resize_convention (how MSC resizes: "caffe" or "pytorch");
+aspp_rates and dropout_rate set each family's own head.
 
 Paper models default to the authors' set-ups. v1/v2 (v2 paper §4.1.1 Table 1, §4.1.2 Tables 3-4):
 the released Caffe models, 'caffe_bgr' input, Caffe ceil-mode pooling, and for ResNet frozen

@@ -126,9 +126,20 @@ def resize_labels_nearest(labels_BxHxW, size):
     return jnp.take(jnp.take(labels_BxHxW, rows, axis=1), cols, axis=2)
 
 
-def scaled_size(size, scale):
-    """Input size of an MSC branch: int((size - 1) * scale) + 1 (321 -> 241 -> 161 as in Caffe)."""
+RESIZE_CONVENTIONS = ("caffe", "pytorch")
+
+
+def scaled_size(size, scale, convention="caffe"):
+    """Input size of an MSC branch.
+
+    'caffe': int((size - 1) * scale) + 1 (321 -> 241 -> 161, the release's Interp layers);
+    'pytorch': int(size * scale) (kazuto1011's MSC: 321 -> 240 -> 160).
+    """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
+    if convention not in RESIZE_CONVENTIONS:
+        raise ValueError(f"resize convention {convention!r} is unknown; use {RESIZE_CONVENTIONS}")
     # A tiny epsilon keeps products such as 320 * 0.75 = 240 from landing just below an integer.
+    if convention == "pytorch":
+        return max(1, int(size * scale + 1e-9))
     return int((size - 1) * scale + 1e-9) + 1

@@ -26,6 +26,8 @@ SOURCES = ("caffe", "kazuto", "torchvision", "tf")
 # floor mode and take ImageNet input; its DeepLabV3 models run at output stride 8 without
 # multi-grid and have a 3x3 conv + BN between ASPP and classifier.
 SOURCE_DEFAULT_OVERRIDES = {
+    # kazuto1011's port keeps the Caffe network but resizes its MSC branches the PyTorch way.
+    "kazuto": dict(resize_convention="pytorch"),
     "torchvision": dict(stride_on_3x3=True, pool_ceil_mode=False, input_norm="imagenet"),
     "torchvision_segmentation": dict(output_stride=8, multi_grid=(), extra_conv3x3=True),
 }
@@ -64,7 +66,7 @@ def read_weights(source, path):
     if source in ("kazuto", "torchvision"):
         state = torch_import.load_state_dict(path)
         if source == "kazuto":
-            return (*torch_import.kazuto_assignments(state), set(), ())
+            return (*torch_import.kazuto_assignments(state), set(), ("kazuto",))
         layouts = ("torchvision",)
         if any(name.startswith("classifier.") for name in state):
             layouts += ("torchvision_segmentation",)

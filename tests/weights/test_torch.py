@@ -12,6 +12,7 @@ from deeplab_jax import models
 from deeplab_jax.weights import WeightImportError, import_weights
 from deeplab_jax.weights.mapping import flatten
 
+from tests.helpers.photos import photo
 from tests.helpers.weights_reference import (
     TINY_V2,
     TINY_V2_RATES,
@@ -197,3 +198,51 @@ def test_safetensors_file_is_read_like_a_state_dict(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(WeightImportError, match="safetensors"):
         import_weights("kazuto", path, V2_MODEL, 5, **TINY_V2)
+
+
+def _kazuto_msc(torch, base, pyramids=(0.5, 0.75)):
+    """kazuto1011's MSC wrapper, behaviour for behaviour: the base at scale 1, the input shrunk
+    to int(size * p) with F.interpolate(bilinear, align_corners=False) for every p, each branch's
+    logits brought to the scale-1 logits' size the same way, pixel-wise max."""
+    import torch.nn.functional as F
+
+    class MSC(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            logits = self.base(x)
+            fused = [logits]
+            for p in pyramids:
+                size = [int(s * p) for s in x.shape[2:]]
+                shrunk = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                fused.append(F.interpolate(self.base(shrunk), size=logits.shape[2:],
+                                           mode="bilinear", align_corners=False))
+            return torch.max(torch.stack(fused), dim=0)[0]
+
+    return MSC().eval()
+
+
+def test_kazuto_msc_forward_is_reproduced(tmp_path):
+    """The kazuto layout selects PyTorch's MSC resizing: his multi-scale output, not Caffe's."""
+    torch = torch_or_skip()
+    net = randomize_torch_(torch_deeplab_v2(5, rates=TINY_V2_RATES, **TINY_V2), seed=4)
+    msc = _kazuto_msc(torch, net)
+    path = tmp_path / "deeplabv2_resnet101_msc-vocaug-20000.pth"
+    torch.save(msc.state_dict(), path)
+    variables, report = import_weights("kazuto", path, V2_MODEL, 5, msc_scales=(1.0, 0.75, 0.5),
+                                       **TINY_V2)
+    assert report.model_overrides["resize_convention"] == "pytorch"
+    image = photo("astronaut", 97, 113).astype(np.float32)[None]
+    ours = models.get_model(V2_MODEL, 5, **report.model_overrides).apply(variables, image)
+    with torch.no_grad():
+        expected = msc(torch.from_numpy(caffe_bgr_nchw(image))).numpy().transpose(0, 2, 3, 1)
+    assert np.asarray(ours).shape == expected.shape
+    assert relative_error(np.asarray(ours), expected) <= 1e-5
+    assert np.mean(np.asarray(ours).argmax(-1) == expected.argmax(-1)) >= 0.999
+    # The Caffe convention computes another function on the same weights (what imports did
+    # before): the setting is what makes the outputs equal.
+    caffe = dict(report.model_overrides, resize_convention="caffe")
+    other = models.get_model(V2_MODEL, 5, **caffe).apply(variables, image)
+    assert relative_error(np.asarray(other), expected) > 1e-3

@@ -175,11 +175,14 @@ class NormConfig:
     as in the DeepLab-v2 release) and never updates them; the optimizer freezes scale/bias by regex.
     momentum 0.999 / eps 1e-5 are Caffe's BatchNorm defaults (moving_average_fraction, eps), used by
     the released ResNet DeepLab models; Flax's momentum is the decay of the running average.
+    folded=True: BatchNorm has been folded into the preceding convolution for inference
+    (`deeplab_jax.inference.prepare`): `ConvBN` then owns conv/{kernel, bias} and no 'bn'.
     """
 
     frozen: bool = False
     momentum: float = 0.999
     epsilon: float = 1e-5
+    folded: bool = False
 
 
 def batch_norm(norm, train, *, dtype=None, param_dtype=jnp.float32, scale_init=None, name=None):
@@ -204,6 +207,7 @@ class ConvBN(nn.Module):
 
     The Caffe ResNets use this unit everywhere (conv, BatchNorm + Scale layers, ReLU); the names
     follow kazuto1011/deeplab-pytorch's `_ConvBnReLU` so weight import maps one to one.
+    With `norm.folded` (inference only) the BatchNorm is already in the conv's kernel and bias.
     """
 
     features: int
@@ -220,11 +224,17 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train=False):
+        if self.norm.folded and train:
+            raise ValueError(
+                "this model's BatchNorm is folded into its convolutions (inference.prepare); "
+                "train the model returned by models.get_model instead")
         x = Conv(
             self.features, self.kernel_size, stride=self.stride, rate=self.rate,
-            groups=self.groups, use_bias=False, padding=self.padding, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="conv",
+            groups=self.groups, use_bias=self.norm.folded, padding=self.padding,
+            dtype=self.dtype, param_dtype=self.param_dtype, name="conv",
         )(x)
+        if self.norm.folded:
+            return nn.relu(x) if self.relu else x
         x = batch_norm(
             self.norm, train, dtype=self.dtype, param_dtype=self.param_dtype,
             scale_init=self.bn_scale_init, name="bn",

@@ -9,9 +9,9 @@ stride 8) with the v2 ASPP-L head (four 3x3 classifiers at rates 6, 12, 18, 24, 
 reference's random weights (BN statistics randomised too) are copied into it through
 deeplab_jax.weights, so both compute the same function: the relative error of the logits is printed
 (for the model as built and for `deeplab_jax.inference.prepare`'s, BatchNorm folded).
-Measured in one process, same threads: PyTorch's calls first, then ours (after XLA has run, its
-spinning worker threads slowed PyTorch's interleaved calls up to 6x on 2 cores), each warmed up
-(compilation) and timed in rounds of one call of each, medians of --repeats rounds:
+Measured in one process, same threads, every call warmed up (compilation) and then timed in
+interleaved rounds (one call of each per round, PyTorch's and ours), medians of --repeats rounds, so
+that a load that comes and goes on a shared machine hits both sides alike:
 - forward 513x513 batch 1 (PyTorch eval + no_grad; ours prepared, and as built);
 - a training step at 321x321 (forward, cross-entropy against labels subsampled to the score map,
   backward, SGD with momentum; BatchNorm frozen as in the paper);
@@ -254,11 +254,10 @@ def main():
     reference = torch_reference(args.threads)
     model, variables = our_model_and_variables(reference)
     data = inputs(args.train_batch)
-    reference_calls, torch_logits = torch_calls(reference, *data)
-    t = interleaved_medians(reference_calls, args.repeats)
-    calls, logits, prepared_logits = our_calls(model, variables, *data)
-    calls["demo"] = demo_step_call()
-    t.update(interleaved_medians(calls, args.repeats))
+    calls, torch_logits = torch_calls(reference, *data)
+    ours, logits, prepared_logits = our_calls(model, variables, *data)
+    calls.update(ours, demo=demo_step_call())
+    t = interleaved_medians(calls, args.repeats)
     plain = {}
     if args.no_flag_column:
         env = dict(os.environ, DEEPLAB_JAX_NO_XLA_FLAGS="1",

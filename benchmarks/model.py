@@ -4,9 +4,9 @@
     python benchmarks/model.py --demo_only     # the demo train step alone (steps/s)
 
 The reference is torchvision's resnet101(replace_stride_with_dilation=[False, True, True]) (output
-stride 8) with the v2 ASPP-L head (four 3x3 classifiers at rates 6, 12, 18, 24, summed); our model is
-`deeplab_v2_resnet101_aspp_l` in the torchvision layout (stride on the 3x3, floor max-pool), and the
-reference's random weights (BN statistics randomised too) are copied into it through
+stride 8) with the v2 ASPP-L head (four 3x3 classifiers at rates 6, 12, 18, 24, summed); our model
+is `deeplab_v2_resnet101_aspp_l` in the torchvision layout (stride on the 3x3, floor max-pool), and
+the reference's random weights (BN statistics randomised too) are copied into it through
 deeplab_jax.weights, so both compute the same function: the relative error of the logits is printed
 (for the model as built and for `deeplab_jax.inference.prepare`'s, BatchNorm folded).
 Measured in one process, same threads, every call warmed up (compilation) and then timed in
@@ -277,7 +277,8 @@ def main():
             ("forward 513x513, batch 1, as built", "torch_forward", "forward"),
             (f"train step 321x321, batch {args.train_batch}", "torch_train", "train"))
     for label, reference_key, key in rows:
-        line = f"| {label} | {t[reference_key]:.2f} | {t[key]:.2f} | {t[key] / t[reference_key]:.2f}x |"
+        ratio = t[key] / t[reference_key]
+        line = f"| {label} | {t[reference_key]:.2f} | {t[key]:.2f} | {ratio:.2f}x |"
         if plain:
             line += f" {plain[key]:.2f} | {plain[key] / t[reference_key]:.2f}x |"
         print(line)

@@ -83,7 +83,8 @@ def fold_conv_bn(conv_params, bn_params, bn_stats, epsilon):
     """conv {kernel (..., O)} + BN {scale, bias} and {mean, var} -> conv {kernel, bias}."""
     kernel = conv_params["kernel"]
     dtype = jnp.promote_types(kernel.dtype, jnp.float32)
-    scale = bn_params["scale"].astype(dtype) * jax.lax.rsqrt(bn_stats["var"].astype(dtype) + epsilon)
+    inverse_std = jax.lax.rsqrt(bn_stats["var"].astype(dtype) + epsilon)
+    scale = bn_params["scale"].astype(dtype) * inverse_std
     bias = bn_params["bias"].astype(dtype) - bn_stats["mean"].astype(dtype) * scale
     scale_per_output = scale.reshape((1,) * (kernel.ndim - 1) + scale.shape)
     return {"kernel": (kernel.astype(dtype) * scale_per_output).astype(kernel.dtype),

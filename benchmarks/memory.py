@@ -5,8 +5,8 @@
   python benchmarks/memory.py --run                 # also execute 3 steps per variant and measure
 
 Each variant is built in a fresh subprocess (so process RSS is its own) from the library's own
-pieces: train_state (model, optimizer, state) and train.make_train_step (the jitted, donated step
-of train_and_evaluate), with the paper's recipe (SGD momentum, frozen BN, ASPP-L, no MSC).
+pieces: train.state.setup_state (model, optimizer, state) and train.step.make_train_step (the step
+jitted and donated as in train_and_evaluate), with the paper's recipe (SGD momentum, frozen BN, ASPP-L, no MSC).
 Columns (MiB):
   saved for backward: bytes of the residuals `jax.vjp` keeps between the forward and the backward
         pass of the loss (activations, and the parameters themselves, 168 MiB for ResNet-101 in

@@ -1,17 +1,24 @@
 """DeepLab-v2 ResNet-101 ASPP-L: ours (JAX/XLA) vs a PyTorch reference with the same weights.
 
-    python benchmarks/model.py [--repeats 3] [--train_batch 2] [--threads 2]
+    python benchmarks/model.py [--repeats 5] [--train_batch 2] [--threads 2] [--no_flag_column]
+    python benchmarks/model.py --demo_only     # the demo train step alone (steps/s)
 
 The reference is torchvision's resnet101(replace_stride_with_dilation=[False, True, True]) (output
-stride 8) with the v2 ASPP-L head (four 3x3 classifiers at rates 6, 12, 18, 24, summed); our model is
-`deeplab_v2_resnet101_aspp_l` in the torchvision layout (stride on the 3x3, floor max-pool), and the
-reference's random weights (BN statistics randomised too) are copied into it through
-deeplab_jax.weights, so both compute the same function: the relative error of the logits is printed.
-Timed in one run, same threads: forward at 513x513 batch 1, and a training step at 321x321 (forward,
-cross-entropy against labels subsampled to the score map, backward, SGD with momentum; BatchNorm
-frozen as in the paper). Our numbers are given with and without the XLA CPU flag deeplab_jax sets
-(deeplab_jax/xla_flags.py), the second measured in a subprocess because XLA reads flags at start-up.
-Medians of --repeats runs after one warm-up (which includes compilation).
+stride 8) with the v2 ASPP-L head (four 3x3 classifiers at rates 6, 12, 18, 24, summed); our model
+is `deeplab_v2_resnet101_aspp_l` in the torchvision layout (stride on the 3x3, floor max-pool), and
+the reference's random weights (BN statistics randomised too) are copied into it through
+deeplab_jax.weights, so both compute the same function: the relative error of the logits is printed
+(for the model as built and for `deeplab_jax.inference.prepare`'s, BatchNorm folded).
+Measured in one process, same threads, every call warmed up (compilation) and then timed in
+interleaved rounds (one call of each per round, PyTorch's and ours), medians of --repeats rounds, so
+that a load that comes and goes on a shared machine hits both sides alike:
+- forward 513x513 batch 1 (PyTorch eval + no_grad; ours prepared, and as built);
+- a training step at 321x321 (forward, cross-entropy against labels subsampled to the score map,
+  backward, SGD with momentum; BatchNorm frozen as in the paper);
+- the demo train step (`configs/demo.py`: deeplab_v2_demo, batch 8, crop 129, the jitted step of
+  `train_and_evaluate`), ours only, in steps/s.
+`--no_flag_column` also runs ours in a subprocess without the XLA CPU flag deeplab_jax sets
+(deeplab_jax/parallel/xla_flags.py; XLA reads flags at start-up).
 """
 
 import argparse
@@ -26,6 +33,7 @@ import numpy as np
 
 RATES = (6, 12, 18, 24)
 NUM_CLASSES = 21
+DEMO_BATCH, DEMO_CROP = 8, 129
 
 
 def torch_reference(threads):
@@ -80,27 +88,31 @@ def our_model_and_variables(reference):
     return model, variables
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up (compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(calls, repeats):
+    """{name: median seconds}: one warm-up call each (compilation), then `repeats` rounds."""
+    for fn in calls.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def time_ours(model, variables, forward_image, train_images, train_labels, repeats):
+def our_calls(model, variables, forward_image, train_images, train_labels):
+    """({name: timed call}, logits as built, logits prepared) for our forward passes and step."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from deeplab_jax import losses
+    from deeplab_jax import inference, losses
 
+    prepared_model, prepared_variables = inference.prepare(model, variables)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    forward_prepared = jax.jit(lambda v, x: prepared_model.apply(v, x, train=False))
     x = jnp.asarray(forward_image)
-    t_forward = median_time(lambda: forward(variables, x).block_until_ready(), repeats)
-
     tx = optax.sgd(1e-3, momentum=0.9)
 
     def step(params, opt_state, images, labels):
@@ -114,7 +126,7 @@ def time_ours(model, variables, forward_image, train_images, train_labels, repea
         return optax.apply_updates(params, updates), opt_state, loss
 
     step = jax.jit(step, donate_argnums=(0, 1))
-    state = {"params": jax.tree.map(jnp.asarray, variables["params"])}
+    state = {"params": jax.tree.map(jnp.array, variables["params"])}
     state["opt"] = tx.init(state["params"])
     images, labels = jnp.asarray(train_images), jnp.asarray(train_labels)
 
@@ -122,19 +134,22 @@ def time_ours(model, variables, forward_image, train_images, train_labels, repea
         state["params"], state["opt"], loss = step(state["params"], state["opt"], images, labels)
         loss.block_until_ready()
 
-    t_train = median_time(one_step, repeats)
-    return t_forward, t_train, np.asarray(forward(variables, x))
+    calls = {
+        "forward_prepared": lambda: forward_prepared(prepared_variables, x).block_until_ready(),
+        "forward": lambda: forward(variables, x).block_until_ready(),
+        "train": one_step,
+    }
+    return (calls, np.asarray(forward(variables, x)),
+            np.asarray(forward_prepared(prepared_variables, x)))
 
 
-def time_torch(reference, forward_image, train_images, train_labels, repeats):
+def torch_calls(reference, forward_image, train_images, train_labels):
     import torch
 
     x = torch.from_numpy(forward_image.transpose(0, 3, 1, 2).copy())
     reference.eval()
     with torch.no_grad():
-        t_forward = median_time(lambda: reference(x), repeats)
         logits = reference(x).numpy().transpose(0, 2, 3, 1)
-    reference.train()
     for module in reference.modules():  # frozen BN, as ours (bn_frozen=True)
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
@@ -142,14 +157,54 @@ def time_torch(reference, forward_image, train_images, train_labels, repeats):
     images = torch.from_numpy(train_images.transpose(0, 3, 1, 2).copy())
     labels = torch.from_numpy(train_labels[:, ::8, ::8].astype(np.int64))
 
+    def forward():
+        reference.eval()
+        with torch.no_grad():
+            reference(x)
+
     def one_step():
+        reference.train()
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(reference(images), labels, ignore_index=255)
         loss.backward()
         optimizer.step()
 
-    t_train = median_time(one_step, repeats)
-    return t_forward, t_train, logits
+    return {"torch_forward": forward, "torch_train": one_step}, logits
+
+
+def demo_step_call():
+    """A timed call of the demo configuration's jitted train step on random data."""
+    import jax
+    import jax.numpy as jnp
+
+    from configs import demo
+    from deeplab_jax import experiment, losses
+    from deeplab_jax.parallel import mesh as mesh_lib
+    from deeplab_jax.train.state import setup_state
+    from deeplab_jax.train.step import make_train_step
+
+    config = demo.get_config()
+    model = experiment.create_model(config)
+    setup = setup_state(config, model, mesh_lib.create_mesh())
+    state = {"state": setup.create(config.seed)}
+    loss_config = losses.LossConfig.from_config(config.loss, ignore_label=255)
+    step = jax.jit(make_train_step(model, setup.tx, setup.schedule, loss_config=loss_config),
+                   donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (DEMO_BATCH, DEMO_CROP, DEMO_CROP, 3)),
+                                  jnp.uint8),
+             "label": jnp.asarray(rng.integers(0, 8, (DEMO_BATCH, DEMO_CROP, DEMO_CROP)),
+                                  jnp.int32)}
+    key = jax.random.key(1)
+
+    def one_step():
+        state["state"], metrics = step(state["state"], batch, key)
+        metrics["loss"].block_until_ready()
+
+    return one_step
 
 
 def inputs(train_batch):
@@ -164,50 +219,78 @@ def ours_only(args):
     """Subprocess entry: our timings only (used for the run without the XLA flag)."""
     reference = torch_reference(args.threads)
     model, variables = our_model_and_variables(reference)
-    t_forward, t_train, _ = time_ours(model, variables, *inputs(args.train_batch), args.repeats)
-    print(json.dumps({"forward": t_forward, "train": t_train}))
+    calls, _, _ = our_calls(model, variables, *inputs(args.train_batch))
+    calls["demo"] = demo_step_call()
+    print(json.dumps(interleaved_medians(calls, args.repeats)))
+
+
+def relative_error(ours, reference):
+    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train_batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no_flag_column", action="store_true",
+                        help="also time ours without the XLA CPU flag (a subprocess)")
+    parser.add_argument("--demo_only", action="store_true", help="only the demo train step")
     parser.add_argument("--ours_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.ours_only:
-        return ours_only(args)
-
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from deeplab_jax.parallel import xla_flags
 
-    xla_flags.apply()  # before JAX starts its backends
+    xla_flags.apply()  # before JAX starts: XLA reads its flags once
+    if args.ours_only:
+        return ours_only(args)
     import jax
+
+    header = (f"jax {jax.__version__}, {jax.devices()[0].platform}, {args.threads} threads; "
+              f"XLA flags: {xla_flags.flags_to_add() or 'none'}")
+    if args.demo_only:
+        demo = interleaved_medians({"demo": demo_step_call()}, args.repeats)["demo"]
+        print(f"{header}\ndemo train step (deeplab_v2_demo, batch {DEMO_BATCH}, crop "
+              f"{DEMO_CROP}): {1.0 / demo:.2f} steps/s ({demo * 1000:.0f} ms)")
+        return None
 
     reference = torch_reference(args.threads)
     model, variables = our_model_and_variables(reference)
     data = inputs(args.train_batch)
-    torch_forward, torch_train, torch_logits = time_torch(reference, *data, args.repeats)
-    ours_forward, ours_train, our_logits = time_ours(model, variables, *data, args.repeats)
-    rel_err = float(np.linalg.norm(our_logits - torch_logits) / np.linalg.norm(torch_logits))
+    calls, torch_logits = torch_calls(reference, *data)
+    ours, logits, prepared_logits = our_calls(model, variables, *data)
+    calls.update(ours, demo=demo_step_call())
+    t = interleaved_medians(calls, args.repeats)
+    plain = {}
+    if args.no_flag_column:
+        env = dict(os.environ, DEEPLAB_JAX_NO_XLA_FLAGS="1",
+                   XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(xla_flags.YNN_CONV_FLAG, ""))
+        out = subprocess.run(
+            [sys.executable, __file__, "--ours_only", f"--repeats={args.repeats}",
+             f"--train_batch={args.train_batch}", f"--threads={args.threads}"],
+            env=env, capture_output=True, text=True, check=True)
+        plain = json.loads(out.stdout.strip().splitlines()[-1])
 
-    env = dict(os.environ, DEEPLAB_JAX_NO_XLA_FLAGS="1",
-               XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(xla_flags.YNN_CONV_FLAG, ""))
-    out = subprocess.run([sys.executable, __file__, "--ours_only", f"--repeats={args.repeats}",
-                          f"--train_batch={args.train_batch}", f"--threads={args.threads}"],
-                         env=env, capture_output=True, text=True, check=True)
-    no_flag = json.loads(out.stdout.strip().splitlines()[-1])
-
-    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {args.threads} threads; "
-          f"XLA flags: {xla_flags.flags_to_add() or 'none'}; logits rel. error {rel_err:.1e}")
-    print("| measurement | PyTorch (s) | ours (s) | ours / PyTorch | ours, no XLA flag (s) | "
-          "ratio, no flag |")
-    print("|---|---|---|---|---|---|")
-    for name, t_ref, t_ours, t_plain in (
-            ("forward 513x513, batch 1", torch_forward, ours_forward, no_flag["forward"]),
-            (f"train step 321x321, batch {args.train_batch}", torch_train, ours_train,
-             no_flag["train"])):
-        print(f"| {name} | {t_ref:.2f} | {t_ours:.2f} | {t_ours / t_ref:.2f}x | {t_plain:.2f} | "
-              f"{t_plain / t_ref:.2f}x |")
+    print(f"{header}; logits rel. error {relative_error(logits, torch_logits):.1e} (as built), "
+          f"{relative_error(prepared_logits, torch_logits):.1e} (prepared)")
+    print("| measurement | PyTorch (s) | ours (s) | ours / PyTorch |"
+          + (" ours, no XLA flag (s) | ratio, no flag |" if plain else ""))
+    print("|---|---|---|---|" + ("---|---|" if plain else ""))
+    rows = (("forward 513x513, batch 1, prepared", "torch_forward", "forward_prepared"),
+            ("forward 513x513, batch 1, as built", "torch_forward", "forward"),
+            (f"train step 321x321, batch {args.train_batch}", "torch_train", "train"))
+    for label, reference_key, key in rows:
+        ratio = t[key] / t[reference_key]
+        line = f"| {label} | {t[reference_key]:.2f} | {t[key]:.2f} | {ratio:.2f}x |"
+        if plain:
+            line += f" {plain[key]:.2f} | {plain[key] / t[reference_key]:.2f}x |"
+        print(line)
+    demo_line = (f"demo train step (deeplab_v2_demo, batch {DEMO_BATCH}, crop {DEMO_CROP}): "
+                 f"{1.0 / t['demo']:.2f} steps/s")
+    if plain:
+        demo_line += f"; no XLA flag: {1.0 / plain['demo']:.2f} steps/s"
+    print(demo_line)
+    return None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Test-time inference, shared by evaluation, prediction and export: scores at the input size,
-multi-scale inputs with flips, sliding windows (`modes`)."""
+multi-scale inputs with flips, sliding windows (`modes`); `prepare` specialises a model for
+inference (BatchNorm folded into the convolutions)."""
 
 from deeplab_jax.inference.modes import (
     FUSIONS,
@@ -10,6 +11,7 @@ from deeplab_jax.inference.modes import (
     sliding_window_logits,
     window_starts,
 )
+from deeplab_jax.inference.prepare import prepare
 
 __all__ = [
     "FUSIONS",
@@ -17,6 +19,7 @@ __all__ = [
     "logits_at_input_size",
     "multiscale_logits",
     "predict_logits",
+    "prepare",
     "sliding_window_logits",
     "window_starts",
 ]

@@ -133,17 +133,45 @@ class Conv(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(
             x_BxHxWxC, kernel_HxWxIxO, bias_O, dtype=self.dtype
         )
-        y = jax.lax.conv_general_dilated(
-            x, kernel,
-            window_strides=(self.stride, self.stride),
-            padding=padding,
-            rhs_dilation=(self.rate, self.rate),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        y = conv2d(x, kernel, stride=self.stride, rate=self.rate, padding=padding,
+                   groups=self.groups)
         if bias is not None:
             y = y + bias.reshape((1, 1, 1, self.features))
         return y
+
+
+def pointwise_as_matmul():
+    """Whether 1x1 convolutions run as matrix products (`conv2d`): on XLA:CPU only.
+
+    On the 2-core CPU this makes a DeepLab-v2 ResNet-101 train step about 3x faster: XLA:CPU
+    lowers the weight gradient of a 1x1 convolution as a convolution whose window is the whole
+    feature map, over transposed copies of the activations, while the gradients of a matrix
+    product are two more matrix products (benchmarks/README.md, "Model"). On GPU/TPU the
+    convolution path is kept: it was not measured slower there.
+    """
+    return jax.default_backend() == "cpu"
+
+
+def conv2d(x_BxHxWxC, kernel_HxWxIxO, stride=1, rate=1, padding=((0, 0), (0, 0)), groups=1,
+           precision=None):
+    """NHWC x HWIO convolution; a 1x1 kernel with zero padding is a (strided) matrix product
+    where `pointwise_as_matmul()`, the same function as the convolution."""
+    kh, kw = kernel_HxWxIxO.shape[:2]
+    zero_padding = not isinstance(padding, str) and all(p == (0, 0) for p in map(tuple, padding))
+    if (kh, kw) == (1, 1) and groups == 1 and zero_padding and pointwise_as_matmul():
+        if stride > 1:
+            x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride]
+        return jax.lax.dot_general(x_BxHxWxC, kernel_HxWxIxO[0, 0], (((3,), (0,)), ((), ())),
+                                   precision=precision)
+    return jax.lax.conv_general_dilated(
+        x_BxHxWxC, kernel_HxWxIxO,
+        window_strides=(stride, stride),
+        padding=padding,
+        rhs_dilation=(rate, rate),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+        precision=precision,
+    )
 
 
 def remat_policy(remat):
@@ -173,11 +201,14 @@ class NormConfig:
     as in the DeepLab-v2 release) and never updates them; the optimizer freezes scale/bias by regex.
     momentum 0.999 / eps 1e-5 are Caffe's BatchNorm defaults (moving_average_fraction, eps), used by
     the released ResNet DeepLab models; Flax's momentum is the decay of the running average.
+    folded=True: BatchNorm has been folded into the preceding convolution for inference
+    (`deeplab_jax.inference.prepare`): `ConvBN` then owns conv/{kernel, bias} and no 'bn'.
     """
 
     frozen: bool = False
     momentum: float = 0.999
     epsilon: float = 1e-5
+    folded: bool = False
 
 
 def tuple_fields(spec, *names):
@@ -214,6 +245,7 @@ class ConvBN(nn.Module):
 
     The Caffe ResNets use this unit everywhere (conv, BatchNorm + Scale layers, ReLU); the names
     follow kazuto1011/deeplab-pytorch's `_ConvBnReLU` so weight import maps one to one.
+    With `norm.folded` (inference only) the BatchNorm is already in the conv's kernel and bias.
     """
 
     features: int
@@ -229,11 +261,17 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train=False):
+        if self.norm.folded and train:
+            raise ValueError(
+                "this model's BatchNorm is folded into its convolutions (inference.prepare); "
+                "train the model returned by models.get_model instead")
         x = Conv(
             self.features, self.kernel_size, stride=self.stride, rate=self.rate,
-            groups=self.groups, use_bias=False, dtype=self.dtype,
+            groups=self.groups, use_bias=self.norm.folded, dtype=self.dtype,
             param_dtype=self.param_dtype, name="conv",
         )(x)
+        if self.norm.folded:
+            return nn.relu(x) if self.relu else x
         x = batch_norm(
             self.norm, train, dtype=self.dtype, param_dtype=self.param_dtype,
             scale_init=self.bn_scale_init, name="bn",

@@ -31,9 +31,11 @@ from benchmarks.crf import separable_options, split_methods  # noqa: E402
 def load_probabilities(workdir, num_images):
     """(images, probs, labels, num_classes) of the first val images, cached next to the model."""
     cache = os.path.join(workdir, f"crf_demo_probs_{num_images}.npz")
+    names = ("image", "probs", "label")
     if os.path.exists(cache):
-        data = np.load(cache, allow_pickle=True)
-        return list(data["images"]), list(data["probs"]), list(data["labels"])
+        data = np.load(cache)
+        count = len(data.files) // len(names)
+        return tuple([data[f"{name}_{i}"] for i in range(count)] for name in names)
     from deeplab_jax import evaluate
 
     spec = importlib.util.spec_from_file_location("demo_config",
@@ -42,8 +44,8 @@ def load_probabilities(workdir, num_images):
     spec.loader.exec_module(module)
     triples = list(evaluate.collect_val_probabilities(module.get_config(), workdir, num_images))
     images, probs, labels = (list(x) for x in zip(*triples[:num_images]))
-    np.savez(cache, images=np.array(images, dtype=object), probs=np.array(probs, dtype=object),
-             labels=np.array(labels, dtype=object))
+    np.savez(cache, **{f"{name}_{i}": array for name, arrays in zip(names, (images, probs, labels))
+                       for i, array in enumerate(arrays)})
     return images, probs, labels
 
 
@@ -79,7 +81,7 @@ def time_search(images, probs, labels, num_classes, method):
 
     start = time.perf_counter()
     result = crf_search.search(images, probs, labels, num_classes, progress=False,
-                               pad_multiple=64, engine=crf_search.Engine(method=method))
+                               engine=crf_search.Engine(method=method))
     elapsed = time.perf_counter() - start
     best = {f: getattr(result.best, f) for f in crf_search.GRID_FIELDS}
     print(f"search ({method}): {len(result.rows)} parameter sets x {len(images)} images in "

@@ -51,7 +51,7 @@ def dense_crf(image, probs, params=None, method="meanfield", *, capacity=None, n
     if not traced:
         _check_values(probs)
     if method == "auto":
-        method = auto_method()
+        method = auto_method(traced=traced or _is_tracer(params.bi_w) or _is_tracer(params.pos_w))
     if method == "meanfield":
         return _meanfield(image, probs, params, batched, capacity)
     if method == "separable":
@@ -59,18 +59,37 @@ def dense_crf(image, probs, params=None, method="meanfield", *, capacity=None, n
     return _permutohedral(image, probs, params, batched, traced, num_threads)
 
 
-def auto_method(backend=None):
-    """The method `method="auto"` runs on `backend` (default: JAX's default backend).
+def auto_method(backend=None, traced=False):
+    """The method `method="auto"` runs on `backend` (default: JAX's default backend, "cpu" when JAX
+    is absent); `traced`: the inputs are JAX tracers (inside jit, vmap or grad).
 
-    PLACEHOLDER: finalised from the measurements.
+    * cpu: "permutohedral" (exact, and the fastest measured at VOC size: 0.67x pydensecrf2's time
+      against 0.79x for "meanfield" and 0.9x or more for "separable", benchmarks/README.md "Dense
+      CRF", 2-core VM); under tracing "meanfield" (jit/vmap/grad, 99.8% labels equal to the exact
+      CRF), since the host method has no gradient. "separable" is 5x faster on small images
+      (129x129: 15 ms against 69 ms exact) but keeps only part of the CRF's mIoU gain at the
+      paper's parameters, so it is never chosen automatically on a CPU.
+    * tpu: "separable": its program is matrix products, elementwise maths and loops (checked: no
+      sort, scatter or 64-bit integer in its lowered HLO, tests/crf/test_separable.py), while the
+      lattice needs a 64-bit key sort and scatter-adds, which TPUs lack or emulate slowly. Not
+      measured on a TPU (none was available).
+    * gpu (and others): "meanfield": sorts and scatter-adds are native on GPUs and the lattice is
+      the accurate approximation; not measured on a GPU (none was available). `benchmarks/crf.py
+      --device-batches 1,8` compares both methods there.
     """
     if backend is None:
-        try:
-            import jax
-        except ImportError:  # pragma: no cover - JAX is a dependency of the package
-            return "permutohedral"
+        jax = sys.modules.get("jax")
+        if jax is None:
+            try:
+                import jax
+            except ImportError:  # pragma: no cover - JAX is a dependency of the package
+                return "permutohedral"
         backend = jax.default_backend()
-    return "separable"
+    if backend == "tpu":
+        return "separable"
+    if backend == "cpu":
+        return "meanfield" if traced else "permutohedral"
+    return "meanfield"
 
 
 def _meanfield(image, probs, params, batched, capacity):

@@ -1,4 +1,4 @@
-"""Dense CRF side by side: pydensecrf2 (C++), our permutohedral (numpy), meanfield and separable (JAX).
+"""Dense CRF side by side: pydensecrf2 (C++), our permutohedral (numpy), meanfield, separable (JAX).
 
     python benchmarks/crf.py [--sizes voc,cityscapes] [--repeats 3]
     python benchmarks/crf.py --sizes voc --methods pydensecrf2,permutohedral,separable,\

@@ -1,4 +1,4 @@
-"""Dense CRF methods on a trained demo model's val probabilities: labels, mIoU gain, time; search time.
+"""Dense CRF methods on a trained demo model's val probabilities: labels, mIoU gain, time, search.
 
     python -m deeplab_jax.main --config=configs/demo.py --workdir=/tmp/crf_demo_run  # once
     python benchmarks/crf_demo.py --workdir=/tmp/crf_demo_run --num_images=100 [--search]

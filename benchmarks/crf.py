@@ -1,6 +1,8 @@
-"""Dense CRF side by side: pydensecrf2 (C++), our permutohedral (numpy) and meanfield (JAX).
+"""Dense CRF side by side: pydensecrf2 (C++), our permutohedral (numpy), meanfield, separable (JAX).
 
     python benchmarks/crf.py [--sizes voc,cityscapes] [--repeats 3]
+    python benchmarks/crf.py --sizes voc --methods pydensecrf2,permutohedral,separable,\
+        "separable[stride=4]","separable[weight_dtype=float32]"
 
 Per size (VOC 500x375 with 21 classes; Cityscapes 2048x1024 with 19) and method, in a fresh
 subprocess each: the median wall time of `--repeats` runs after one warm-up run (the warm-up
@@ -10,13 +12,16 @@ run (/proc/self/statm); the fraction of labels equal to the exact result (our pe
 method); max |dQ| against pydensecrf2; and the time and memory ratios to pydensecrf2. The methods
 run one after the other in one invocation, so they share the machine's load. The image is
 scikit-image's astronaut resized; the probabilities are a noisy, blurred colour clustering of it,
-softmaxed. DeepLab-v2 parameters, 10 iterations. On an accelerator, `--device-batches 1,8` instead
-reports milliseconds per VOC image for the meanfield at those batch sizes.
+softmaxed. DeepLab-v2 parameters, 10 iterations. "separable[k=v,...]" runs the separable method
+with those `SeparableOptions` fields changed. On an accelerator, `--device-batches 1,8` instead
+reports milliseconds per VOC image at those batch sizes for `--device-methods` (default meanfield
+and separable); it runs on whatever JAX's default device is and needs no accelerator.
 """
 
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -29,7 +34,24 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SIZES = {"voc": (375, 500, 21), "cityscapes": (1024, 2048, 19)}
-METHODS = ("pydensecrf2", "permutohedral", "meanfield")
+METHODS = ("pydensecrf2", "permutohedral", "meanfield", "separable")
+
+
+def separable_options(method):
+    """"separable[stride=4,weight_dtype=float32]" -> SeparableOptions with those fields."""
+    from deeplab_jax.crf.separable import SeparableOptions
+
+    changes = {}
+    inside = method[len("separable"):].strip("[]")
+    for item in filter(None, inside.split(",")):
+        key, value = item.split("=")
+        changes[key] = type(getattr(SeparableOptions(), key))(value)
+    return SeparableOptions(**changes).validate()
+
+
+def split_methods(text):
+    """Comma-separated methods; commas inside [...] belong to a separable variant."""
+    return [m for m in re.split(r",(?![^\[]*\])", text) if m]
 
 
 def make_inputs(height, width, num_classes, seed=0):
@@ -77,12 +99,16 @@ def worker(method, inputs_path, output_path, repeats):
     else:
         from deeplab_jax.crf import dense_crf
 
-        if method == "meanfield":
+        kwargs = {}
+        if method in ("meanfield", "auto") or method.startswith("separable"):
             # JAX in the baseline, not in "+run".
             import deeplab_jax.crf.meanfield  # noqa: F401
+        if method.startswith("separable"):
+            kwargs = dict(separable_options=separable_options(method))
+            method = "separable"
 
         def run():
-            return np.asarray(dense_crf(image, probs, method=method))
+            return np.asarray(dense_crf(image, probs, method=method, **kwargs))
     rss_before = _current_rss_mb()
     q = run()  # warm-up (compilation for meanfield)
     times = []
@@ -95,27 +121,32 @@ def worker(method, inputs_path, output_path, repeats):
         json.dump({"times": times, "peak_rss_mb": _rss_mb(), "rss_before_mb": rss_before}, f)
 
 
-def device_timing(batches, repeats):
-    """Milliseconds per VOC image for the meanfield on the default device at given batch sizes."""
+def device_timing(batches, repeats, methods):
+    """Milliseconds per VOC image on the default device at given batch sizes, per method."""
     import jax
     import jax.numpy as jnp
 
-    from deeplab_jax.crf import CRFParams, meanfield
+    from deeplab_jax.crf import CRFParams, meanfield, separable
 
     image, probs = make_inputs(*SIZES["voc"])
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
-    for batch in batches:
-        images = jnp.asarray(np.repeat(image[None], batch, 0))
-        probs_b = jnp.asarray(np.repeat(probs[None], batch, 0))
-        capacity = meanfield.default_capacity(*image.shape[:2])
-        args = (images, probs_b, CRFParams(), capacity)
-        meanfield.meanfield(*args)[0].block_until_ready()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            meanfield.meanfield(*args)[0].block_until_ready()
-            times.append(time.perf_counter() - start)
-        print(f"batch {batch}: {1000 * np.median(times) / batch:.1f} ms per image")
+    for method in methods:
+        for batch in batches:
+            images = jnp.asarray(np.repeat(image[None], batch, 0))
+            probs_b = jnp.asarray(np.repeat(probs[None], batch, 0))
+            if method == "meanfield":
+                capacity = meanfield.default_capacity(*image.shape[:2])
+                run = lambda: meanfield.meanfield(images, probs_b, CRFParams(), capacity)[0]
+            else:
+                options = separable_options(method)
+                run = lambda: separable.separable(images, probs_b, CRFParams(), options)
+            run().block_until_ready()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run().block_until_ready()
+                times.append(time.perf_counter() - start)
+            print(f"{method}, batch {batch}: {1000 * np.median(times) / batch:.1f} ms per image")
 
 
 def _rss_mb():
@@ -134,6 +165,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--device-batches", default="", help="e.g. 1,8 (accelerator timing)")
+    parser.add_argument("--device-methods", default="meanfield,separable")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "INPUTS", "OUTPUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,11 +173,16 @@ def main():
         worker(*args.worker, args.repeats)
         return
     if args.device_batches:
-        device_timing([int(b) for b in args.device_batches.split(",")], args.repeats)
+        device_timing([int(b) for b in args.device_batches.split(",")], args.repeats,
+                      split_methods(args.device_methods))
         return
-    methods = args.methods.split(",")
+    methods = split_methods(args.methods)
     print(f"CPUs available: {len(os.sched_getaffinity(0))}; pydensecrf2 is single-threaded; "
           f"permutohedral uses {min(len(os.sched_getaffinity(0)), 8)} threads; XLA uses all.")
+    if "separable" in args.methods:
+        from deeplab_jax.crf.separable import SeparableOptions
+
+        print(f"separable defaults: {SeparableOptions()}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             height, width, num_classes = SIZES[size]

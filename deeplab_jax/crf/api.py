@@ -18,24 +18,26 @@ import numpy as np
 from deeplab_jax.crf import permutohedral
 from deeplab_jax.crf.params import CRFParams
 
-METHODS = ("meanfield", "permutohedral")
+METHODS = ("meanfield", "permutohedral", "separable", "auto")
 # Per-pixel |sum_k p_k - 1| allowed: float32 softmax outputs are within ~1e-6; 1e-3 also admits
 # probabilities stored in float16 or bfloat16 and then upcast.
 PROBS_SUM_TOLERANCE = 1e-3
 
 
-def dense_crf(image, probs, params=None, method="meanfield", *, capacity=None, num_threads=None):
+def dense_crf(image, probs, params=None, method="meanfield", *, capacity=None, num_threads=None,
+              separable_options=None):
     """Refines softmax probabilities with the dense CRF; returns Q, float32, shaped like `probs`.
 
     Args:
       image: uint8 RGB, [H, W, 3] or [B, H, W, 3] (numpy or JAX array).
       probs: float probabilities summing to 1 over the last axis, [H, W, K] or [B, H, W, K], K >= 2.
       params: `CRFParams` (default: DeepLab-v2's values).
-      method: "meanfield" or "permutohedral".
+      method: "meanfield", "permutohedral", "separable" or "auto" (`auto_method`: by backend).
       capacity: meanfield only: bilateral lattice vertices reserved per image (static; default H*W).
         When left unset and the inputs are concrete, an image that needs more is recomputed with a
         larger capacity; under `jax.jit` the surplus vertices are dropped (approximate result).
       num_threads: permutohedral only: host threads (default: the CPUs available, at most 8).
+      separable_options: separable only: a `deeplab_jax.crf.separable.SeparableOptions`.
     """
     params = CRFParams() if params is None else params
     if not isinstance(params, CRFParams):
@@ -48,9 +50,46 @@ def dense_crf(image, probs, params=None, method="meanfield", *, capacity=None, n
     traced = _is_tracer(image) or _is_tracer(probs)
     if not traced:
         _check_values(probs)
+    if method == "auto":
+        method = auto_method(traced=traced or _is_tracer(params.bi_w) or _is_tracer(params.pos_w))
     if method == "meanfield":
         return _meanfield(image, probs, params, batched, capacity)
+    if method == "separable":
+        return _separable(image, probs, params, batched, separable_options)
     return _permutohedral(image, probs, params, batched, traced, num_threads)
+
+
+def auto_method(backend=None, traced=False):
+    """The method `method="auto"` runs on `backend` (default: JAX's default backend, "cpu" when JAX
+    is absent); `traced`: the inputs are JAX tracers (inside jit, vmap or grad).
+
+    * cpu: "permutohedral" (exact, and the fastest measured at VOC size: 0.67x pydensecrf2's time
+      against 0.79x for "meanfield" and 0.9x or more for "separable", benchmarks/README.md "Dense
+      CRF", 2-core VM); under tracing "meanfield" (jit/vmap/grad, 99.8% labels equal to the exact
+      CRF), since the host method has no gradient. "separable" is 5x faster on small images
+      (129x129: 15 ms against 69 ms exact) but keeps only part of the CRF's mIoU gain at the
+      paper's parameters, so it is never chosen automatically on a CPU.
+    * tpu: "separable": its program is matrix products, elementwise maths and loops (checked: no
+      sort, scatter or 64-bit integer in its lowered HLO, tests/crf/test_separable.py), while the
+      lattice needs a 64-bit key sort and scatter-adds, which TPUs lack or emulate slowly. Not
+      measured on a TPU (none was available).
+    * gpu (and others): "meanfield": sorts and scatter-adds are native on GPUs and the lattice is
+      the accurate approximation; not measured on a GPU (none was available). `benchmarks/crf.py
+      --device-batches 1,8` compares both methods there.
+    """
+    if backend is None:
+        jax = sys.modules.get("jax")
+        if jax is None:
+            try:
+                import jax
+            except ImportError:  # pragma: no cover - JAX is a dependency of the package
+                return "permutohedral"
+        backend = jax.default_backend()
+    if backend == "tpu":
+        return "separable"
+    if backend == "cpu":
+        return "meanfield" if traced else "permutohedral"
+    return "meanfield"
 
 
 def _meanfield(image, probs, params, batched, capacity):
@@ -76,6 +115,18 @@ def _meanfield(image, probs, params, batched, capacity):
             factor *= 2
         capacity = min(factor, 6) * pixels
         q, _ = meanfield.meanfield(images, probs_b, params, capacity)
+    return q if batched else q[0]
+
+
+def _separable(image, probs, params, batched, options):
+    import jax.numpy as jnp
+
+    from deeplab_jax.crf import separable
+
+    options = (separable.SeparableOptions() if options is None else options).validate()
+    images = jnp.asarray(image) if batched else jnp.asarray(image)[None]
+    probs_b = jnp.asarray(probs, jnp.float32)
+    q = separable.separable(images, probs_b if batched else probs_b[None], params, options)
     return q if batched else q[0]
 
 

@@ -3,8 +3,9 @@
     python -m deeplab_jax.crf.tune --config=configs/voc.py --workdir=/tmp/voc --num_images=100
 
 Collects the softmax probabilities of the first val images, runs the coarse-to-fine grid search
-(`deeplab_jax.evaluation.crf_search`), writes the mIoU table (TSV) and the best parameters (JSON),
-and prints them as config overrides.
+(`deeplab_jax.evaluation.crf_search`; `--method=separable` scores it with the separable CRF, the
+faster choice on a CPU for small images), writes the mIoU table (TSV) and the best parameters
+(JSON), and prints them as config overrides.
 """
 
 import itertools
@@ -29,7 +30,8 @@ def main(argv):
     result = crf_search.search(images, probs, labels, num_classes=probs[0].shape[-1],
                                ignore_label=FLAGS.ignore_label, iterations=FLAGS.iterations,
                                batch_size=FLAGS.batch_size,
-                               pad_multiple=FLAGS.pad_multiple or None)
+                               pad_multiple=FLAGS.pad_multiple or None,
+                               engine=crf_search.Engine(method=FLAGS.method))
     output = FLAGS.output or f"{FLAGS.workdir}/crf_search.tsv"
     with open(output, "w") as f:
         f.write(result.table())
@@ -52,6 +54,10 @@ def _define_flags():
     flags.DEFINE_string("output", None, "TSV table path (default WORKDIR/crf_search.tsv).")
     flags.DEFINE_integer("ignore_label", 255, "Label value not scored.")
     flags.DEFINE_integer("iterations", 10, "Mean-field iterations (paper: 10).")
+    flags.DEFINE_enum("method", "meanfield", ["meanfield", "separable"],
+                      "CRF that scores the grid: 'meanfield' (the lattice, ~99.8% labels equal to "
+                      "the exact CRF) or 'separable' (dense products, ~98%, 7x faster on a CPU "
+                      "for small images; it finds the separable method's own best parameters).")
     flags.DEFINE_integer("batch_size", 4, "Images per vmapped batch.")
     flags.DEFINE_integer("pad_multiple", 64, "Pad images to multiples of this (fewer "
                          "compilations; padding is masked); 0: group by exact size.")

@@ -112,13 +112,6 @@ def test_agrees_with_brute_force():
     assert np.mean(ours.argmax(-1) == exact.argmax(-1)) >= 0.97
 
 
-@pytest.fixture(scope="module")
-def small_batch():
-    images = np.stack([photo("astronaut", 20, 24), photo("coffee", 20, 24)])
-    probs = np.stack([cluster_probs(image, 3, seed=seed)[0] for seed, image in enumerate(images)])
-    return images, probs
-
-
 def test_jit_vmap_and_batched_inputs_agree(small_batch):
     images, probs = small_batch
     params = CRFParams(iterations=5)

@@ -103,5 +103,24 @@ def test_cli_defines_the_documented_flags():
     out = subprocess.run([sys.executable, "-m", "deeplab_jax.crf.tune", "--helpfull"],
                          capture_output=True, text=True)
     assert out.returncode in (0, 1), out.stderr  # absl exits 1 after printing help
-    for flag in ("--config", "--workdir", "--num_images", "--output"):
+    for flag in ("--config", "--workdir", "--num_images", "--output", "--method"):
         assert flag in out.stdout
+
+
+def test_separable_engine_scores_the_separable_crf(result):
+    """Engine(method="separable"): each row is the mIoU of dense_crf(method="separable") labels,
+    and on these scenes it ranks the coarse grid as the lattice mean-field does."""
+    scenes, found = result
+    images, probs, labels = zip(*scenes)
+    engine = crf_search.Engine(method="separable")
+    fast = crf_search.search(images, probs, labels, 3, coarse_grid=GRID, refine=False,
+                             batch_size=2, progress=False, engine=engine)
+    params = CRFParams(bi_w=5.0, bi_xy_std=20.0, bi_rgb_std=3.0)
+    total = 0
+    for image, prob, label in scenes:
+        q = dense_crf(image, prob, params, method="separable")
+        total = total + np.asarray(confusion_matrix(label, np.argmax(q, -1), 3))
+    assert dict(fast.rows)[params] == pytest.approx(iou_from_confusion(total)["miou"], abs=5e-3)
+    assert fast.best == max(found.rows[:4], key=lambda row: row[1])[0]
+    with pytest.raises(ValueError, match="method"):
+        crf_search.search(images, probs, labels, 3, engine=crf_search.Engine(method="exact"))

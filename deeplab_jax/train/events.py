@@ -7,13 +7,14 @@ records in memory until `flush` (the training loop flushes at its log, evaluatio
 intervals), with no thread:
 - local directory: appends the new records to the file;
 - object store (no append): rewrites the current file with everything it holds, and starts a new
-  part (`...<pid>.0001`, ...) once a part passes `part_bytes`, so no upload exceeds that size and
+  part (`....0001`, ...) once a part passes `part_bytes`, so no upload exceeds that size and
   the total uploaded stays proportional to the log's size, not to its square.
 TensorBoard reads every `*tfevents*` file of the directory. `purge_step` writes the same
 SessionLog.START event as tensorboardX's `SummaryWriter(purge_step=...)`, which makes TensorBoard
 drop the events of steps >= purge_step written by an earlier (interrupted) run.
 """
 
+import itertools
 import os
 import socket
 import struct
@@ -25,6 +26,7 @@ from tensorboardX.record_writer import masked_crc32c
 from deeplab_jax import storage
 
 PART_BYTES = 8 << 20
+_WRITERS = itertools.count()  # two writers of one process in the same second get two files
 
 
 def encode_record(data: bytes) -> bytes:
@@ -35,14 +37,15 @@ def encode_record(data: bytes) -> bytes:
 
 
 class EventFileWriter:
-    """Writes tensorboardX `Event`s to <directory>/events.out.tfevents.<time>.<host>.<pid>[.part]."""
+    """Writes tensorboardX `Event`s to <directory>/events.out.tfevents.<time>.<host>.<pid>.<n>
+    (.<part> after the first part)."""
 
     def __init__(self, directory, purge_step: int | None = None, part_bytes: int = PART_BYTES):
         self.directory = storage.as_path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remote = storage.is_url(self.directory)
         self._stem = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-                      f"{os.getpid()}")
+                      f"{os.getpid()}.{next(_WRITERS):03d}")
         self._part = 0
         self._part_bytes = part_bytes
         self._content = bytearray()  # object stores: the current part as uploaded so far

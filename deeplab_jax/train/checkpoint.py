@@ -61,8 +61,10 @@ class Checkpoints:
         self.manager = self._create_manager()
 
     def _create_manager(self):
+        # Readers (evaluation, prediction) neither create nor clean up anything; orbax's own
+        # read_only option would log three warnings on every load.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self.keep, create=not self.read_only, read_only=self.read_only,
+            max_to_keep=self.keep, create=not self.read_only,
             enable_async_checkpointing=False, cleanup_tmp_directories=not self.read_only)
         return ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 

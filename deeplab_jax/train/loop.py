@@ -12,6 +12,12 @@ the evaluation's confusion matrices are global (summed over all devices), orbax 
 checkpoint from all processes, and only process 0 writes logs, overlays and predictions.
 Parameters may be sharded by config (`parallel/partitioning.py`), activations computed in bfloat16
 and backbone blocks rematerialised (model overrides), and a batch accumulated over micro-batches.
+
+Faults (README "Reliability"): each step returns an all-finite flag with its metrics, and the loop
+reads a step's metrics before it logs, evaluates or saves that step, so a diverged step stops the
+run (`NonFiniteError`) and its state is never saved; resume skips damaged checkpoints
+(`checkpoint.py`); a full disk is one `DiskFullError`; the checkpoint manager, metric writer and
+input iterator are closed in `finally`. The workdir may be local or a URL (gs://...).
 """
 
 import sys

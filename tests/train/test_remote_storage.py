@@ -91,4 +91,3 @@ def test_event_file_parts_bound_each_upload(fake_gcs):
         local = epath.Path("gs:/" + key).read_bytes()
         steps += [e.step for e in decode_events(local)]
     assert steps == [0] + list(range(20))
-

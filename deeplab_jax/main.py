@@ -6,13 +6,26 @@ several processes (`parallel.distributed.initialize`, flags --coordinator_addres
 workdir)`; nothing else (tests and notebooks call the same function). `--config.<field>=value`
 overrides any config field; the config is locked, so a misspelt field is an error rather than a
 silently ignored value.
+
+Faults the run detects itself (a diverged step, a full disk, no intact checkpoint) end it with
+exit status 1 and their message as the last line on stderr, without a traceback; anything else
+keeps its traceback, whose last line is that error (writers and the checkpoint manager are closed
+before, so nothing prints after it).
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.parallel import distributed, xla_flags
+from deeplab_jax.storage import DiskFullError
+from deeplab_jax.train.checkpoint import CheckpointError
 from deeplab_jax.train.loop import train_and_evaluate
+
+# Errors whose message says all there is to say: no traceback.
+REPORTED_FAILURES = (NonFiniteError, DiskFullError, CheckpointError)
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +58,12 @@ def main(argv):
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
         local_device_ids=FLAGS.local_device_ids, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
     logging.set_verbosity(logging.INFO)
-    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except REPORTED_FAILURES as error:
+        logging.flush()
+        sys.stderr.flush()
+        sys.exit(f"error: {type(error).__name__}: {error}")
     if results:
         print(f"final val mIoU {results['miou']:.4f} (pixel accuracy "
               f"{results['pixel_accuracy']:.4f}); workdir {FLAGS.workdir}")

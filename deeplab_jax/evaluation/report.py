@@ -6,13 +6,10 @@
 multi-host jobs: the caller passes a process-local copy).
 """
 
-import os
-
 import jax
-import numpy as np
 from absl import logging
-from PIL import Image
 
+from deeplab_jax import storage
 from deeplab_jax.serving import visualize
 
 
@@ -75,18 +72,20 @@ def overlay_panels(evaluator, variables, source, count) -> dict:
 
 
 def write_val_predictions(evaluator, variables, source, directory, count):
-    """Palette PNGs and overlay panels of the first `count` images (process 0 only)."""
+    """Palette PNGs and overlay panels of the first `count` images (process 0 only).
+
+    `directory` may be local or a URL (gs://...): files are written through epath.
+    """
     if jax.process_index() != 0:
         return
-    os.makedirs(directory, exist_ok=True)
+    directory = storage.as_path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     for i in range(min(count, len(source))):
         example = source[i]
         prediction = evaluator.predict_labels(variables, example["image"][None])[0]
         name = example["image_id"] or f"{i:05d}"
-        visualize.save_label_png(os.path.join(directory, f"{name}.png"), prediction,
+        visualize.save_label_png(directory / f"{name}.png", prediction,
                                  evaluator.descriptor.palette)
-        panel = visualize.panel(example["image"], prediction, evaluator.descriptor.palette,
-                                example["label"])
-        Image.fromarray(np.asarray(panel)).save(os.path.join(directory, f"{name}_overlay.jpg"),
-                                                quality=90)
+        visualize.save_jpeg(directory / f"{name}_overlay.jpg", visualize.panel(
+            example["image"], prediction, evaluator.descriptor.palette, example["label"]))
     logging.info("wrote %d val predictions to %s", min(count, len(source)), directory)

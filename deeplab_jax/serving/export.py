@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deeplab_jax.crf import meanfield
+from deeplab_jax.finite import check_finite
 from deeplab_jax.losses import infer_output_stride
 from deeplab_jax.models.resize import upsample_logits
 
@@ -43,9 +44,12 @@ def make_inference_fn(model, variables, input_size, crf=None):
     """images (B, H, W, 3) uint8 RGB -> labels (B, H, W) int32, with `variables` closed over.
 
     crf: None, or a `deeplab_jax.crf.CRFParams` to refine the softmax probabilities with the
-    mean-field dense CRF before the argmax.
+    mean-field dense CRF before the argmax. Raises `finite.NonFiniteError` if any variable holds
+    NaN or inf.
     """
     height, width = _check_input_size(input_size)
+    # NaN weights (a diverged run) export and run without error but label every pixel 0.
+    check_finite(variables, "the variables to export")
     constants = jax.tree.map(jnp.asarray, variables)
     if crf is not None:
         crf.validate()

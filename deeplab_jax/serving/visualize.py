@@ -1,19 +1,40 @@
-"""Pictures of results: palette label PNGs (VOC style) and colour overlays on the image."""
+"""Pictures of results: palette label PNGs (VOC style) and colour overlays on the image.
 
-import os
+Files are written through epath (`deeplab_jax.storage`), so `path` may be local or gs://...
+"""
+
+import io
 
 import numpy as np
 from PIL import Image
 
+from deeplab_jax import storage
 from deeplab_jax.data.palettes import colorize
 
 
-def save_label_png(path: str, labels_HxW: np.ndarray, palette_256x3: np.ndarray) -> None:
+def _write_image(path, image: Image.Image, **options) -> None:
+    path = storage.as_path(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format=options.pop("format"), **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.write_bytes(buffer.getvalue())
+    except OSError as error:
+        storage.raise_if_disk_full(error, "an image", path)
+        raise
+
+
+def save_label_png(path, labels_HxW: np.ndarray, palette_256x3: np.ndarray) -> None:
     """Writes class ids as an indexed ('P' mode) PNG: ids stay exact, viewers show colours."""
     image = Image.fromarray(np.asarray(labels_HxW, np.uint8), mode="P")
     image.putpalette(np.asarray(palette_256x3, np.uint8).ravel().tolist())
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path)
+    _write_image(path, image, format="PNG")
+
+
+def save_jpeg(path, image_HxWx3: np.ndarray, quality: int = 90) -> None:
+    """Writes an RGB uint8 image as a JPEG."""
+    _write_image(path, Image.fromarray(np.asarray(image_HxWx3, np.uint8)), format="JPEG",
+                 quality=quality)
 
 
 def overlay(image_HxWx3: np.ndarray, labels_HxW: np.ndarray, palette_256x3: np.ndarray,

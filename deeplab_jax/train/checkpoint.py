@@ -1,46 +1,194 @@
-"""orbax checkpoints of the training state together with the input iterator's position.
+"""orbax checkpoints of the training state with the input iterator's position, verified on restore.
 
-One CheckpointManager per workdir (<workdir>/checkpoints). Each step directory holds two items:
-'state' (parameters, BatchNorm statistics, optimizer state, step; StandardSave) and 'data' (the
-grain iterator state, a small JSON dict), so a resumed run continues with exactly the batches an
-uninterrupted run would have seen. Restoring reads into the abstract state's shardings, so a
-checkpoint written on one device count restores onto another, and a replicated one onto sharded
-parameters (config.sharding; tests/parallel/test_partitioning.py).
+One `Checkpoints` per workdir (<workdir>/checkpoints, local or gs://). Each step directory holds
+three items: 'state' (parameters, BatchNorm statistics, optimizer state, step; StandardSave),
+'data' (the grain iterator state, a small JSON dict), so a resumed run continues with exactly the
+batches an uninterrupted run would have seen, and 'integrity' (the state's fingerprint,
+`fingerprint.py`). Restoring reads into the abstract state's shardings, so a checkpoint written on
+one device count restores onto another, and a replicated one onto sharded parameters.
+
+Faults:
+- A non-finite state is never saved (`save` checks the fingerprint's finite flag first).
+- Saves are synchronous: an error (a full disk above all) is raised once, by the `save` call that
+  hit it, as one `DiskFullError` naming the step and the directory; the partial step directory is
+  removed and the previous checkpoint stays the latest.
+- `restore_latest` (training resume) verifies each checkpoint (readable, fingerprint matches,
+  finite) from the newest down, resumes from the newest intact one, and moves the ones it skipped
+  to <workdir>/checkpoints_corrupt/<step>-<time> (outside orbax's directory, so `max_to_keep`
+  never counts or deletes them), logging which and why. When none is intact it raises one
+  `CheckpointError` listing every step and its reason, and moves nothing.
+- `restore_step` (evaluation, prediction) verifies one checkpoint and raises a `CheckpointError`
+  or `NonFiniteError` naming it.
 
 Multi-process jobs: every process calls `save` and `restore_latest` with its global arrays; orbax
 writes each array shard once and synchronises the processes. The 'data' item is the same in every
-process (each advances its own shard of the data by the same number of batches), so the copy the
-primary process writes restores them all (tests/parallel/test_multihost.py).
+process, so the copy the primary process writes restores them all; only the primary process
+moves a damaged checkpoint aside.
 """
 
-import os
+import time
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from deeplab_jax import storage
+from deeplab_jax.finite import NonFiniteError
+from deeplab_jax.train import fingerprint
+
+ITEMS = ("state", "data", "integrity")
+CORRUPT_DIR = "checkpoints_corrupt"
 
 
-def create_manager(workdir: str, keep: int = 3, save_interval_steps: int = 1):
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_interval_steps, create=True)
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (unreadable, altered), or no intact checkpoint at all."""
 
 
-def save(manager, step: int, state, data_state: dict | None, force: bool = False) -> bool:
-    items = {"state": ocp.args.StandardSave(state)}
-    items["data"] = ocp.args.JsonSave(data_state or {})
-    saved = manager.save(step, args=ocp.args.Composite(**items), force=force)
-    if saved:
-        logging.info("saved checkpoint at step %d in %s", step, manager.directory)
-    return saved
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
-def restore_latest(manager, abstract_state):
-    """Returns (state, data_state, step) of the newest checkpoint, or (None, None, 0) if none."""
-    step = manager.latest_step()
-    if step is None:
+class Checkpoints:
+    """The checkpoints of one workdir: save, verified restore with fallback, close."""
+
+    def __init__(self, workdir, keep: int = 3, read_only: bool = False):
+        self.workdir = storage.as_path(workdir)
+        self.directory = self.workdir / "checkpoints"
+        self.keep = keep
+        self.read_only = read_only
+        self.manager = self._create_manager()
+
+    def _create_manager(self):
+        # Readers (evaluation, prediction) neither create nor clean up anything; orbax's own
+        # read_only option would log three warnings on every load.
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=not self.read_only,
+            enable_async_checkpointing=False, cleanup_tmp_directories=not self.read_only)
+        return ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def all_steps(self):
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict | None, force: bool = False) -> bool:
+        prints, ok = fingerprint.fingerprint(state)
+        if not ok:
+            raise NonFiniteError(f"refusing to save checkpoint {step} in {self.directory}: the "
+                                 "training state holds NaN or inf")
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
+            integrity=ocp.args.JsonSave({"fingerprint": prints}))
+        try:
+            saved = self.manager.save(step, args=args, force=force)
+        except Exception as error:  # orbax wraps the writer's OSError in several ways
+            if storage.is_disk_full(error):
+                self._remove_partial(step)
+            storage.raise_if_disk_full(
+                error, f"checkpoint {step}", self.directory,
+                f"the latest complete checkpoint is step {self.latest_step()}; free space and "
+                "re-run the same command to resume from it")
+            raise
+        if saved:
+            logging.info("saved checkpoint at step %d in %s", step, self.directory)
+        return saved
+
+    def _remove_partial(self, step):
+        """Deletes the temporary directory a failed save of `step` left, freeing its space."""
+        if jax.process_index() != 0:
+            return
+        for path in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            try:
+                path.rmtree()
+            except OSError as error:
+                logging.warning("could not remove the partial checkpoint %s: %s", path, error)
+
+    def restore_step(self, step: int, abstract_state):
+        """(state, data_state) of checkpoint `step`, verified; raises CheckpointError or
+        NonFiniteError naming the checkpoint."""
+        where = f"checkpoint {step} in {self.directory}"
+        step_dir = self.directory / str(step)
+        has_integrity = (step_dir / "integrity").exists()
+        items = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore()}
+        if has_integrity:
+            items["integrity"] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:  # orbax/tensorstore raise many types for a damaged checkpoint
+            raise CheckpointError(f"{where} cannot be read ({_reason(error)})") from None
+        prints, ok = fingerprint.fingerprint(restored["state"])
+        if not ok:
+            raise NonFiniteError(f"{where}: the weights hold NaN or inf (the run diverged); use "
+                                 "an earlier checkpoint or retrain with a lower learning rate")
+        if has_integrity:
+            bad = fingerprint.mismatches(restored["integrity"]["fingerprint"], prints)
+            if bad:
+                raise CheckpointError(
+                    f"{where} was altered after it was written: {len(bad)} tensors differ from "
+                    f"their saved checksums ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        else:
+            logging.warning("%s has no fingerprint (written by an older version): not verified",
+                            where)
+        return restored["state"], restored["data"]
+
+    def restore_latest(self, abstract_state):
+        """(state, data_state, step) of the newest intact checkpoint, or (None, None, 0) if there
+        is none; damaged newer ones are moved aside. Raises CheckpointError if none is intact."""
+        failures = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, data_state = self.restore_step(step, abstract_state)
+            except (CheckpointError, NonFiniteError) as error:
+                logging.warning("skipping checkpoint %d: %s", step, error)
+                failures.append((step, str(error)))
+                continue
+            if failures:
+                self._set_aside(failures)
+            logging.info("restored checkpoint of step %d from %s", step, self.directory)
+            return state, data_state, step
+        if failures:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory}; nothing was moved or deleted. "
+                + " | ".join(reason for _, reason in failures))
         return None, None, 0
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    logging.info("restored checkpoint of step %d from %s", step, manager.directory)
-    return restored["state"], restored["data"], step
+
+    def _set_aside(self, failures):
+        """Moves the damaged steps out of orbax's directory and re-creates the manager (it caches
+        the step list, and would refuse to save a step below a damaged newer one)."""
+        if jax.process_index() == 0:
+            target_dir = self.workdir / CORRUPT_DIR
+            target_dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step, reason in failures:
+                target = target_dir / f"{step}-{stamp}"
+                (self.directory / str(step)).rename(target)
+                storage.write_atomic(target / "REASON.txt", reason + "\n")
+                logging.warning("moved the damaged checkpoint %d to %s (%s)", step, target,
+                                reason)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("deeplab_jax: damaged checkpoints set aside")
+        self.manager.close()
+        self.manager = self._create_manager()
+
+    def wait_until_finished(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+def create_manager(workdir, keep: int = 3) -> Checkpoints:
+    """The `Checkpoints` of `workdir` (kept for callers of the earlier function API)."""
+    return Checkpoints(workdir, keep=keep)
+
+
+def save(checkpoints: Checkpoints, step: int, state, data_state, force: bool = False) -> bool:
+    return checkpoints.save(step, state, data_state, force=force)
+
+
+def restore_latest(checkpoints: Checkpoints, abstract_state):
+    """(state, data_state, step) of the newest intact checkpoint, or (None, None, 0)."""
+    return checkpoints.restore_latest(abstract_state)

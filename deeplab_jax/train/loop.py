@@ -12,9 +12,14 @@ the evaluation's confusion matrices are global (summed over all devices), orbax 
 checkpoint from all processes, and only process 0 writes logs, overlays and predictions.
 Parameters may be sharded by config (`parallel/partitioning.py`), activations computed in bfloat16
 and backbone blocks rematerialised (model overrides), and a batch accumulated over micro-batches.
+
+Faults (README "Reliability"): each step returns an all-finite flag with its metrics, and the loop
+reads a step's metrics before it logs, evaluates or saves that step, so a diverged step stops the
+run (`NonFiniteError`) and its state is never saved; resume skips damaged checkpoints
+(`checkpoint.py`); a full disk is one `DiskFullError`; the checkpoint manager, metric writer and
+input iterator are closed in `finally`. The workdir may be local or a URL (gs://...).
 """
 
-import os
 import sys
 import time
 
@@ -23,10 +28,11 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from deeplab_jax import experiment, losses
+from deeplab_jax import experiment, losses, storage
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.evaluation import report
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
+from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.parallel import mesh as mesh_lib
 from deeplab_jax.train import accumulation, checkpoint, init_weights
 from deeplab_jax.train.metric_writer import MetricWriter
@@ -36,8 +42,12 @@ from deeplab_jax.train.step import make_train_step
 
 def _write_config(config, workdir):
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as handle:
-            handle.write(config.to_json_best_effort(indent=2))
+        path = workdir / "config.json"
+        try:
+            storage.write_atomic(path, config.to_json_best_effort(indent=2))
+        except OSError as error:
+            storage.raise_if_disk_full(error, "the config", path)
+            raise
 
 
 def _check_batch_sizes(config, mesh):
@@ -47,23 +57,64 @@ def _check_batch_sizes(config, mesh):
                                     mesh)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains config.num_steps steps (resuming if a checkpoint exists); returns the last eval."""
-    os.makedirs(workdir, exist_ok=True)
+class _Resources:
+    """What a run opens (checkpoints, metric writer, input iterator), closed in reverse order.
+
+    Closing runs in `finally`: on an error every resource is still closed, and an error while
+    closing is logged rather than raised, so the error that stopped the run stays the one
+    reported (last) and no writer thread is left to fail at interpreter shutdown.
+    """
+
+    def __init__(self):
+        self._closers = []
+
+    def add(self, resource, close_name="close"):
+        close = getattr(resource, close_name, None)
+        if close is not None:
+            self._closers.append((type(resource).__name__, close))
+        return resource
+
+    def close(self, failing: bool):
+        first_error = None
+        for name, close in reversed(self._closers):
+            try:
+                close()
+            except Exception as error:  # noqa: BLE001 (reported below)
+                if failing or first_error is not None:
+                    logging.warning("while stopping, closing %s failed too: %s", name, error)
+                else:
+                    first_error = error
+        self._closers = []
+        if first_error is not None:
+            raise first_error
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains config.num_steps steps (resuming if a checkpoint exists); returns the last eval.
+
+    `workdir` is a local directory or a URL (gs://bucket/run); everything is written through
+    epath/orbax, never to a local copy of a URL.
+    """
+    workdir = storage.as_path(workdir)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
     _write_config(config, workdir)
     mesh = mesh_lib.create_mesh()
     _check_batch_sizes(config, mesh)
     logging.info("process %d of %d: %d local of %d devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.default_backend())
-    writer = MetricWriter(workdir)
+    resources = _Resources()
     try:
-        return _train(config, workdir, mesh, writer)
-    finally:
-        writer.close()
+        results = _train(config, workdir, mesh, resources)
+    except BaseException:
+        resources.close(failing=True)
+        raise
+    resources.close(failing=False)
+    return results
 
 
-def _train(config, workdir, mesh, writer):
+def _train(config, workdir, mesh, resources):
     descriptor = experiment.dataset_descriptor(config)
     train_source = experiment.load_source(config, descriptor, descriptor.train_split)
     eval_source = experiment.load_source(config, descriptor, descriptor.eval_split)
@@ -76,16 +127,18 @@ def _train(config, workdir, mesh, writer):
         scale_range=tuple(config.input.scale_range), flip=config.input.flip,
         pad_value=tuple(config.input.pad_value), ignore_label=descriptor.ignore_label,
         worker_count=config.input.worker_count, read_threads=config.input.read_threads)
-    train_iter = iter(dataset)
+    train_iter = resources.add(iter(dataset))
 
-    manager = checkpoint.create_manager(workdir, keep=config.keep_checkpoints)
-    state, data_state, start_step = checkpoint.restore_latest(manager, setup.abstract)
+    checkpoints = resources.add(checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints))
+    state, data_state, start_step = checkpoints.restore_latest(setup.abstract)
     if state is None:
         state = setup.create(config.seed)
         if config.model.init_checkpoint:
             state = init_weights.load_into(state, config.model.init_checkpoint, setup.shardings)
     elif data_state:
         train_iter.set_state(data_state)
+    # Records after the restored step belong to the interrupted run: they are replayed now.
+    writer = resources.add(MetricWriter(workdir, resume_step=start_step if start_step else None))
     count = parameter_count(state.params)
     logging.info("model %s: %d parameters; starting at step %d of %d", config.model.name, count,
                  start_step, config.num_steps)
@@ -105,9 +158,10 @@ def _train(config, workdir, mesh, writer):
     def eval_variables():
         return _eval_variables(state, mesh, bool(setup.sharding_rules))
 
-    progress = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step",
-                    disable=not (config.progress_bar and sys.stderr.isatty()
-                                 and jax.process_index() == 0), dynamic_ncols=True)
+    progress = resources.add(tqdm(
+        total=config.num_steps, initial=start_step, desc="train", unit="step",
+        disable=not (config.progress_bar and sys.stderr.isatty() and jax.process_index() == 0),
+        dynamic_ncols=True))
     pending = None  # (step, metrics) of the previous step, read after the next is dispatched
     history = []
     eval_results = {}
@@ -120,9 +174,14 @@ def _train(config, workdir, mesh, writer):
         pending = (step, metrics)
         progress.update(1)
         is_last = step == config.num_steps
-        if step % config.log_every_steps == 0 or is_last:
+        is_log = step % config.log_every_steps == 0 or is_last
+        is_eval = step % config.eval.every_steps == 0 or is_last
+        is_save = step % config.checkpoint_every_steps == 0 or is_last
+        if is_log or is_eval or is_save:
+            # This step's metrics (and its finite flag) are read before anything uses its state.
             history.append(_check_finite(*pending))
             pending = None
+        if is_log:
             summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
             elapsed = time.perf_counter() - timer
             summary["steps_per_second"] = len(history) / max(elapsed, 1e-9)
@@ -131,26 +190,27 @@ def _train(config, workdir, mesh, writer):
             progress.set_postfix(loss=f"{summary['loss']:.3f}")
             logging.info("step %d: %s", step, {k: round(v, 4) for k, v in summary.items()})
             history, timer = [], time.perf_counter()
-        if step % config.eval.every_steps == 0 or is_last:
+        if is_eval:
             eval_results = _evaluate(evaluator, eval_variables(), eval_source, writer, step,
                                      config.eval.num_overlays)
             progress.write(f"step {step}: val mIoU {eval_results['miou']:.4f}")
             timer = time.perf_counter()  # evaluation time is not training speed
-        if step % config.checkpoint_every_steps == 0 or is_last:
-            checkpoint.save(manager, step, state, train_iter.get_state(), force=is_last)
+        if is_log or is_eval or is_save:
+            writer.flush()  # the logs of every step up to a checkpoint are on disk before it
+        if is_save:
+            checkpoints.save(step, state, train_iter.get_state(), force=is_last)
     if pending is not None:
         _check_finite(*pending)
     progress.close()
-    manager.wait_until_finished()
-    manager.close()
+    checkpoints.wait_until_finished()
     if not eval_results and start_step >= config.num_steps:
         logging.info("training already finished at step %d; evaluating", start_step)
         eval_results = _evaluate(evaluator, eval_variables(), eval_source, writer, start_step,
                                  config.eval.num_overlays)
+        writer.flush()
     if config.predict.num_images:
         report.write_val_predictions(evaluator, _process_local(eval_variables()), eval_source,
-                                     os.path.join(workdir, "predictions"),
-                                     config.predict.num_images)
+                                     workdir / "predictions", config.predict.num_images)
     return eval_results
 
 
@@ -184,10 +244,15 @@ def _process_local(variables):
 
 
 def _check_finite(step, metrics):
+    """The step's metrics as floats (without the flag); NonFiniteError if anything diverged."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not np.isfinite(values["loss"]):
-        raise FloatingPointError(
-            f"non-finite loss {values['loss']} at step {step}: lower config.optim.base_lr, enable "
-            "config.optim.grad_clip_norm, or check the labels (values must be < num_classes or "
-            "the data set's ignore label)")
+    finite = bool(values.pop("finite", 1.0))
+    bad = [f"{name} {values[name]}" for name in ("loss", "grad_norm")
+           if name in values and not np.isfinite(values[name])]
+    if bad or not finite:
+        what = ", ".join(bad) if bad else "NaN or inf in the updated parameters or optimizer state"
+        raise NonFiniteError(
+            f"training diverged at step {step}: {what}; no checkpoint of this or a later step was "
+            "written. Lower config.optim.base_lr, enable config.optim.grad_clip_norm, or check "
+            "the labels (values must be < num_classes or the data set's ignore label)")
     return values

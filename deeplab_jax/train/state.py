@@ -7,7 +7,6 @@ one device first. Parameters are replicated over the 'data' axis unless sharding
 """
 
 import dataclasses
-import os
 from typing import Any, NamedTuple
 
 import flax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from deeplab_jax import experiment
+from deeplab_jax import experiment, storage
 from deeplab_jax.data.datasets import DatasetDescriptor
 from deeplab_jax.parallel import mesh as mesh_lib
 from deeplab_jax.parallel import partitioning
@@ -106,18 +105,31 @@ class TrainedModel(NamedTuple):
 
 
 def load_trained(config, workdir) -> TrainedModel:
-    """The evaluation model and the variables of the newest checkpoint in `workdir`."""
+    """The evaluation model and the variables of the newest checkpoint in `workdir` (local or
+    gs://).
+
+    The checkpoint is verified (readable, unchanged since it was written, finite): a damaged or
+    diverged one raises `checkpoint.CheckpointError` / `finite.NonFiniteError` naming it, rather
+    than serving wrong or NaN weights (a model with NaN weights predicts class 0 everywhere).
+    """
     mesh = mesh_lib.create_mesh()
     descriptor = experiment.dataset_descriptor(config)
     model = experiment.create_model(config, descriptor, for_eval=True)
     setup = setup_state(config, model, mesh)
-    manager = checkpoint.create_manager(workdir)
-    state, _, step = checkpoint.restore_latest(manager, setup.abstract)
-    manager.close()
-    if state is None:
+    directory = storage.as_path(workdir) / "checkpoints"
+    step = None
+    if directory.exists():
+        checkpoints = checkpoint.Checkpoints(workdir, read_only=True)
+        try:
+            step = checkpoints.latest_step()
+            if step is not None:
+                state, _ = checkpoints.restore_step(step, setup.abstract)
+        finally:
+            checkpoints.close()
+    if step is None:
         raise FileNotFoundError(
-            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first with "
+            f"no checkpoint in {directory}: train first with "
             f"python -m deeplab_jax.main --config=... --workdir={workdir}, or pass --weights=DIR "
             "(converted published weights)")
-    logging.info("restored the checkpoint of step %d from %s", step, workdir)
+    logging.info("restored the checkpoint of step %d from %s", step, directory)
     return TrainedModel(model, state.variables(), descriptor, mesh, step)

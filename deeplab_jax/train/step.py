@@ -11,7 +11,7 @@ update (`accumulation.py`).
 import jax
 import jax.numpy as jnp
 
-from deeplab_jax import losses
+from deeplab_jax import finite, losses
 from deeplab_jax.train import accumulation
 
 
@@ -60,8 +60,11 @@ def make_train_step(model, tx, schedule, *, loss_config: losses.LossConfig, accu
                     mesh=None):
     """train_step(state, batch, rng) -> (new_state, metrics).
 
-    metrics: loss, learning_rate, grad_norm, pixel_accuracy (scalars). `mesh` pins the
-    micro-batches' sharding when accumulating (optional).
+    metrics: loss, learning_rate, grad_norm, pixel_accuracy (scalars) and `finite`: a bool that
+    is False when the loss, the gradient norm or any tensor of the new state is NaN or inf (one
+    fused reduction over the state, read by the loop with the metrics, so a diverged state is
+    caught at its step and never saved). `mesh` pins the micro-batches' sharding when
+    accumulating (optional).
     """
     loss_and_grads = _loss_and_grads_fn(model, loss_config)
 
@@ -83,14 +86,16 @@ def make_train_step(model, tx, schedule, *, loss_config: losses.LossConfig, accu
                 num_classes=logits.shape[-1], loss_config=loss_config, mesh=mesh)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state)
+        grad_norm = global_norm(grads)
         metrics = {
             "loss": loss,
             "learning_rate": schedule(state.step),
-            "grad_norm": global_norm(grads),
+            "grad_norm": grad_norm,
             "pixel_accuracy": correct / jnp.maximum(valid, 1),
+            "finite": finite.all_finite((loss, grad_norm, params, batch_stats, opt_state)),
         }
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state)
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,70 @@
+"""A damaged latest checkpoint: resume falls back to the newest intact one and sets the bad aside."""
+
+import glob
+import os
+import shutil
+
+import pytest
+
+from deeplab_jax.train.checkpoint import CheckpointError
+from deeplab_jax.train.loop import train_and_evaluate
+from tests.reliability.conftest import NUM_STEPS, assert_same_state, make_config, read_state
+
+
+def _array_file(step_dir):
+    """The largest file of the state's OCDBT database (the arrays' chunks)."""
+    merged = glob.glob(os.path.join(step_dir, "state", "d", "*"))
+    per_process = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_*", "d", "*"))
+    return max(merged or per_process, key=os.path.getsize)
+
+
+def _truncate_largest_array_file(step_dir):
+    path = _array_file(step_dir)
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+
+
+def _delete_manifest(step_dir):
+    os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
+
+
+def _flip_bytes(step_dir):
+    # tensorstore reports DATA_LOSS for a damaged compressed chunk; a change it cannot see (an
+    # uncompressed chunk) is caught by the checkpoint's fingerprint (tests/train/test_checkpoint.py).
+    path = _array_file(step_dir)
+    with open(path, "r+b") as handle:
+        data = bytearray(handle.read())
+        for i in range(len(data) // 2, len(data) // 2 + 16):
+            data[i] ^= 0xFF
+        handle.seek(0)
+        handle.write(data)
+
+
+@pytest.mark.parametrize("damage", [_truncate_largest_array_file, _delete_manifest, _flip_bytes],
+                         ids=["truncated", "no_manifest", "flipped_bytes"])
+def test_damaged_latest_checkpoint_falls_back(reference, demo_data_dir, tmp_path, damage):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    damage(os.path.join(workdir, "checkpoints", str(NUM_STEPS)))
+    config = make_config(demo_data_dir, keep_checkpoints=2)
+    train_and_evaluate(config, workdir)  # resumes from 4 (6 is damaged), trains 5 and 6
+    corrupt = os.listdir(os.path.join(workdir, "checkpoints_corrupt"))
+    assert len(corrupt) == 1 and corrupt[0].startswith("6-")
+    reason = open(os.path.join(workdir, "checkpoints_corrupt", corrupt[0], "REASON.txt")).read()
+    assert "checkpoint 6" in reason
+    # max_to_keep=2 counts only orbax's directory: the set-aside copy is neither counted nor
+    # deleted, and the re-created manager saved 6 again (and dropped 2).
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]
+    assert_same_state(read_state(workdir, NUM_STEPS, config), reference[2])
+
+
+def test_no_intact_checkpoint_is_one_error_and_moves_nothing(reference, demo_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    for step in (2, 4, 6):
+        _delete_manifest(os.path.join(workdir, "checkpoints", str(step)))
+    with pytest.raises(CheckpointError, match="no intact checkpoint") as raised:
+        train_and_evaluate(make_config(demo_data_dir), workdir)
+    assert all(f"checkpoint {step}" in str(raised.value) for step in (2, 4, 6))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))

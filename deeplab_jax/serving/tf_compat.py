@@ -28,10 +28,17 @@ def _version(text):
 
 
 def tensorflow_stablehlo_version():
-    """The newest StableHLO version the installed TensorFlow deserialises ('1.13.7')."""
-    from tensorflow.compiler.mlir.stablehlo import stablehlo
-
-    return str(stablehlo.get_current_version())
+    """The newest StableHLO version the installed TensorFlow deserialises ('1.13.7'), or None
+    when this TensorFlow does not say."""
+    try:
+        from tensorflow.compiler.mlir.stablehlo import stablehlo
+    except ImportError as error:
+        if "tensorflow" in str(error) and "stablehlo" not in str(error):
+            raise ImportError("a TF SavedModel needs TensorFlow: pip install "
+                              "'deeplab-jax[export]'") from None
+        return None
+    version = getattr(stablehlo, "get_current_version", None)
+    return str(version()) if version is not None else None
 
 
 def _jax_hooks():
@@ -72,6 +79,11 @@ def stablehlo_for_tensorflow(consumer=None):
         return
     export_module, hlo, jaxlib = hooks
     consumer = consumer or tensorflow_stablehlo_version()
+    if consumer is None:
+        logging.warning("this TensorFlow does not report its StableHLO version; exporting with "
+                        "jax's default")
+        yield None
+        return
     default = hlo.get_version_from_compatibility_requirement(
         hlo.StablehloCompatibilityRequirement.WEEK_4)
     target = target_version(consumer, str(default), str(hlo.get_minimum_version()))

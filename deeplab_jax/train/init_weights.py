@@ -36,7 +36,7 @@ def adopt_layout(config):
     path = config.model.get("init_checkpoint", "")
     if not path:
         return config
-    info = weights.load_model_info(path) if not str(path).endswith(".npz") else None
+    info = weights.load_model_info(path)
     if info is None:
         logging.info("config.model.init_checkpoint=%s has no deeplab_model.json: its layout is "
                      "taken to be the config's", path)

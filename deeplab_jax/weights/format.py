@@ -134,6 +134,7 @@ def merge_into(target, source, what="params", reinitialise=()):
     """
     flat_target, flat_source = flatten(target), flatten(source)
     patterns = compile_patterns(reinitialise)
+
     def allowed(path):
         return any(p.search(f"{what}/{path}") or p.search(path) for p in patterns)
 
@@ -153,8 +154,9 @@ def merge_into(target, source, what="params", reinitialise=()):
             f"{what}: the initial weights do not fit the model; shape mismatches: {mismatched}; "
             f"not in the model: {unused}")
     if reinitialised:
-        logging.warning("%s: %d tensors of the initial weights do not fit the model's head and "
-                        "are re-initialised: %s", what, len(reinitialised), reinitialised)
+        logging.warning("%s: %d tensors of the initial weights do not fit the model (allowed: %s) "
+                        "and are re-initialised: %s", what, len(reinitialised),
+                        list(reinitialise), reinitialised)
     kept = sorted(set(flat_target) - set(flat_source))
     if kept:
         logging.info("%s: %d tensors not in the initial weights keep their initialisation: %s",

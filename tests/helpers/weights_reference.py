@@ -1,10 +1,13 @@
-"""Shared references for the weight-import tests: small PyTorch nets and Caffe layer lists.
+"""Shared references for the weight-import tests: small PyTorch nets, Caffe layer lists, TF
+checkpoints, photographs.
 
 The truths are the reference frameworks fed the same numbers: a PyTorch DeepLab-v2 written here
 with kazuto1011's module names (Caffe ResNet layout: stride on the 1x1 reduce conv, ceil-mode stem
 pool, atrous res4/res5, summed ASPP classifiers), a PyTorch DeepLab-LargeFOV (VGG-16, Caffe
 pooling), and torchvision's own models. Caffe files are written from those same arrays under the
-released models' layer names, with BatchNorm statistics multiplied by a random Caffe scale factor.
+released models' layer names, with BatchNorm statistics multiplied by a random Caffe scale factor;
+TF checkpoints are written by TensorFlow itself (in a subprocess) under the TF release's scope
+names (`tf_scope_name`).
 """
 
 import numpy as np

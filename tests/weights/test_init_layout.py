@@ -38,12 +38,13 @@ from tests.helpers.weights_reference import (
 SIZE = 65  # ResNet-101 at full width on 2 cores: a small photograph keeps it to seconds
 
 
-def _training_state(config):
-    """The loop's steps: layout adoption, the model from the config, a fresh state, the weights."""
+def _training_state(config, devices=None):
+    """The loop's steps: layout adoption, the model from the config, a fresh state, the weights.
+    `devices`: one device keeps ResNet-101's state to one copy (the mesh replicates parameters)."""
     config = init_weights.adopt_layout(config)
     descriptor = experiment.dataset_descriptor(config)
     model = experiment.create_model(config, descriptor)
-    setup = setup_state(config, model, mesh_lib.create_mesh())
+    setup = setup_state(config, model, mesh_lib.create_mesh(devices))
     state = init_weights.load_into(setup.create(0), config.model.init_checkpoint, setup.shardings)
     return config, model, state
 
@@ -63,7 +64,7 @@ def test_torchvision_resnet101_trains_in_the_torchvision_layout(tmp_path):
 
     config = voc.get_config()
     config.model.init_checkpoint = str(tmp_path / "init")
-    config, model, state = _training_state(config)
+    config, model, state = _training_state(config, jax.devices()[:1])
     assert (config.model.overrides.input_norm, config.model.overrides.stride_on_3x3,
             config.model.overrides.pool_ceil_mode) == ("imagenet", True, False)
 
@@ -107,7 +108,7 @@ def test_caffe_imagenet_resnet_trains_in_the_caffe_layout(tmp_path):
     config.model.overrides.stage_sizes = CAFFE_STAGES
     config.model.overrides.output_stride = 8
     config.model.overrides.multi_grid = ()
-    config, model, state = _training_state(config)
+    config, model, state = _training_state(config, jax.devices()[:1])
     assert (config.model.overrides.input_norm, config.model.overrides.stride_on_3x3,
             config.model.overrides.pool_ceil_mode) == ("caffe_bgr", False, True)
 
@@ -126,8 +127,10 @@ def _save_demo_weights(directory, config, num_classes, **changes):
 
     overrides = {**experiment.model_overrides(config), **changes}
     model = models.get_model(config.model.name, num_classes, **overrides)
-    variables = jax.device_get(jax.jit(model.init)(
-        jax.random.key(3), np.zeros((1, 33, 33, 3), np.float32)))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(3), np.zeros((1, 33, 33, 3))))
+    rng = np.random.default_rng(3)  # random values in the model's shapes: no compile needed
+    variables = jax.tree.map(lambda leaf: rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32),
+                             shapes)
     info = model_info.make_model_info(config.model.name, num_classes, overrides, "test", "-")
     weights.save_variables(directory, variables, model_info=info)
     return variables

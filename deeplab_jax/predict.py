@@ -1,15 +1,24 @@
-"""Segment images: python -m deeplab_jax.predict --config=... (--workdir=... | --weights=DIR)
-                   --input=IMAGE_OR_DIR --output=DIR [--crf] [--scales=0.5,0.75,1] [--flip]
+r"""Segment images with converted weights or a training run's checkpoint.
 
-For every image (one file or a folder, any size) writes <stem>.png, the label map as a palette PNG
-(VOC colours; class ids exact), and <stem>_overlay.jpg, the classes blended over the image
-(`deeplab_jax.serving.predictor`). Unreadable files are reported and skipped; the run continues
-and lists them at the end (exit status 1 if any).
+    python -m deeplab_jax.predict --weights=weights/v2_voc --input=photos/ --output=out/ \
+        [--crf] [--scales=0.5,0.75,1.0] [--flip] [--probabilities]
+    python -m deeplab_jax.predict --config=configs/demo.py --workdir=/tmp/deeplab_demo \
+        --input=photos/ --output=out/
+
+--weights needs no config: the model, its classes and the data set (palette) come from the
+weights' deeplab_model.json (VOC colours when it names no data set); a --config, when given,
+supplies the test-time modes and CRF parameters (config.eval, config.crf). --workdir needs the
+training config. For every image (one file or a folder, any size; subfolders are kept in the
+output) writes <name>.png, the label map as a palette PNG (class ids exact), <name>_overlay.jpg,
+and with --probabilities <name>_probs.npy (float16 H x W x K class probabilities, after the CRF
+when --crf). 16-bit grayscale images are scaled to 8 bits (`serving.predictor`). Unreadable files
+are reported and skipped; the run continues and lists them at the end (exit status 1 if any).
 """
 
 import dataclasses
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,7 +27,40 @@ from deeplab_jax.crf import CRFParams
 from deeplab_jax.inference import TestTimeOptions
 from deeplab_jax.parallel import xla_flags
 from deeplab_jax.serving.predictor import Predictor, list_images, segment_files
+from deeplab_jax.train import init_weights
 from deeplab_jax.train.state import load_trained
+from deeplab_jax.weights import model_info
+
+
+def load_weights(weights_dir, config=None):
+    """(model, variables, palette) of converted weights; the palette from their data set, the
+    config's when they record none."""
+    info = model_info.read_model_info(weights_dir)
+    palette = model_info.palette(info)
+    if config is not None and not model_info.descriptor_of(info):
+        palette = experiment.dataset_descriptor(config).palette
+    variables = jax.device_put(weights.load_variables(weights_dir))  # once, not per image
+    return model_info.build_model(info), variables, palette
+
+
+def load_checkpoint(config, workdir):
+    """(model, variables, palette) of the newest checkpoint of a training run."""
+    trained = load_trained(init_weights.adopt_run_layout(config, workdir), workdir)
+    weights.check_finite(trained.variables, f"the checkpoint of step {trained.step} in {workdir}")
+    return trained.model, trained.variables, trained.descriptor.palette
+
+
+def test_time(config, scales=(), flip=False, crf=False):
+    """(TestTimeOptions, CRFParams or None, CRF method) from the config (if any) and the flags."""
+    options = TestTimeOptions.from_config(config) if config is not None else TestTimeOptions()
+    if scales:
+        options = dataclasses.replace(options, scales=tuple(float(s) for s in scales))
+    if flip:
+        options = dataclasses.replace(options, flip=True)
+    use_crf = crf or (config is not None and config.crf.enabled)
+    params = (CRFParams.from_config(config.crf) if config is not None else CRFParams()) \
+        if use_crf else None
+    return options, params, config.crf.method if config is not None else "meanfield"
 
 
 def main(argv):
@@ -26,24 +68,24 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     config = FLAGS.config
-    if FLAGS.weights:
-        model, variables = weights.load_model(FLAGS.weights)
-        descriptor = experiment.dataset_descriptor(config)
-    elif FLAGS.workdir:
-        model, variables, descriptor, _, _ = load_trained(config, FLAGS.workdir)
-    else:
+    if bool(FLAGS.weights) == bool(FLAGS.workdir):
         raise app.UsageError(
-            "give --workdir (trained checkpoints) or --weights (converted weights)")
-    crf = CRFParams.from_config(config.crf) if (FLAGS.crf or config.crf.enabled) else None
-    options = TestTimeOptions.from_config(config)
-    if FLAGS.scales:
-        options = dataclasses.replace(options, scales=tuple(float(s) for s in FLAGS.scales))
-    if FLAGS.flip:
-        options = dataclasses.replace(options, flip=True)
-    predictor = Predictor(model, variables, options, crf_params=crf, crf_method=config.crf.method)
-    files = list_images(FLAGS.input)
-    failures = segment_files(predictor, files, FLAGS.output, descriptor.palette,
-                             progress=sys.stderr.isatty())
+            "give --weights (converted weights) or --workdir (a training run's checkpoints)")
+    if FLAGS.workdir and config is None:
+        raise app.UsageError("--workdir needs the training --config")
+    try:
+        if FLAGS.weights:
+            model, variables, palette = load_weights(FLAGS.weights, config)
+        else:
+            model, variables, palette = load_checkpoint(config, FLAGS.workdir)
+        files = list_images(FLAGS.input)
+    except (weights.WeightImportError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    options, crf, crf_method = test_time(config, FLAGS.scales, FLAGS.flip, FLAGS.crf)
+    predictor = Predictor(model, variables, options, crf_params=crf, crf_method=crf_method)
+    failures = segment_files(predictor, files, FLAGS.output, palette,
+                             progress=sys.stderr.isatty(), probabilities=FLAGS.probabilities)
     print(f"segmented {len(files) - len(failures)} of {len(files)} images into {FLAGS.output}")
     if failures:
         print(f"{len(failures)} file(s) could not be read:")
@@ -53,16 +95,22 @@ def main(argv):
 
 
 def define_flags():
-    config_flags.DEFINE_config_file("config", None, "configuration file", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", None, "configuration file: needed with --workdir; with --weights optional "
+        "(test-time modes, CRF parameters)", lock_config=True)
     flags.DEFINE_string("workdir", None, "directory with the training checkpoints")
     flags.DEFINE_string("weights", None,
-                        "converted weights (python -m deeplab_jax.weights.convert)")
-    flags.DEFINE_string("input", None, "an image file or a directory of images")
+                        "converted weights (python -m deeplab_jax.weights.fetch / .convert)")
+    flags.DEFINE_string("input", None, "an image file or a directory of images (searched "
+                        "recursively; subfolders are kept in the output)")
     flags.DEFINE_string("output", None, "directory for the label PNGs and overlays")
-    flags.DEFINE_bool("crf", False, "refine with the dense CRF (config.crf parameters)")
-    flags.DEFINE_list("scales", [], "input scales, e.g. 0.5,0.75,1.0 (default config.eval.scales)")
+    flags.DEFINE_bool("crf", False, "refine with the dense CRF (config.crf parameters, else "
+                      "DeepLab-v2's)")
+    flags.DEFINE_list("scales", [], "input scales, e.g. 0.5,0.75,1.0 (default config.eval.scales "
+                      "or 1.0)")
     flags.DEFINE_bool("flip", False, "also average left-right flipped predictions")
-    flags.mark_flags_as_required(["config", "input", "output"])
+    flags.DEFINE_bool("probabilities", False, "also write <name>_probs.npy (float16 H x W x K)")
+    flags.mark_flags_as_required(["input", "output"])
 
 
 def run():

@@ -89,3 +89,107 @@ def test_voc_variants_build(variant):
     config = voc.get_config(variant)
     assert config.model.name in models.MODELS
     assert config.batch_size in (10, 20) and config.input.crop_size == (321, 321)
+
+
+def _console_scripts():
+    """[project.scripts] of pyproject.toml: name -> 'module:function'."""
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as handle:
+        return tomllib.load(handle)["project"]["scripts"]
+
+
+# Entry point -> a flag of its own that its --help must list (absl's flags do not count).
+HELP_FLAGS = {"train": "--workdir", "evaluate": "--weights", "predict": "--probabilities",
+              "export": "--saved_model", "convert": "--allow_missing", "fetch": "--mirror",
+              "crf_tune": "--num_images"}
+
+
+def test_every_console_script_has_a_useful_help():
+    """Run as pip's console-script stubs run them: sys.argv[0] is the script and __main__ is
+    not the command-line module, which absl's --help needs (deeplab_jax/cli.py)."""
+    scripts = _console_scripts()
+    assert scripts["deeplab-jax"] == "deeplab_jax.cli:train"
+    assert {target.split(":")[1] for target in scripts.values()} == set(HELP_FLAGS)
+    processes = {}
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        code = (f"import sys; sys.argv = [{name!r}, '--help']; import {module}; "
+                f"sys.exit({module}.{function}())")
+        processes[name] = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for name, process in processes.items():
+        output, _ = process.communicate(timeout=300)
+        # absl ends --help with exit status 1 (app.HelpFlag); anything else is a failure.
+        assert process.returncode == 1 and "Traceback" not in output, (name, output[-2000:])
+        assert HELP_FLAGS[scripts[name].split(":")[1]] in output, (name, output[-2000:])
+        assert "python -m deeplab_jax" in output, (name, output[-2000:])  # the module docstring
+
+
+def _demo_weights(path, num_classes):
+    """Random deeplab_v2_demo weights converted for the demo data set (model info included)."""
+    import jax
+    import numpy as np
+
+    from deeplab_jax import models, weights
+    from deeplab_jax.weights import model_info
+
+    model = models.get_model("deeplab_v2_demo", num_classes)
+    variables = jax.device_get(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 33, 33, 3))))
+    info = model_info.make_model_info("deeplab_v2_demo", num_classes, {}, "test", "-",
+                                      dataset="demo" if num_classes == 8 else None,
+                                      published={"demo val": 67.0})
+    weights.save_variables(path, variables, model_info=info)
+
+
+def test_evaluate_converted_weights_with_flip_and_crf(demo_data_dir, tmp_path):
+    _demo_weights(tmp_path / "w", 8)
+    result = _run(["deeplab_jax.evaluate", f"--weights={tmp_path / 'w'}",
+                   "--config=configs/demo.py:tiny", f"--config.dataset.data_dir={demo_data_dir}",
+                   "--config.eval.flip=True", "--config.eval.scales=(0.75,1.0)",
+                   "--config.crf.enabled=True", "--config.crf.iterations=1",
+                   "--config.eval.trimap_widths=(2,4)"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (output,) = os.listdir(tmp_path / "w" / "eval")
+    assert output.startswith("demo-tiny-")
+    record = json.load(open(tmp_path / "w" / "eval" / output / "results.json"))
+    assert record["model"] == "deeplab_v2_demo" and record["num_images"] == 16
+    assert record["settings"]["options"]["flip"] is True
+    assert record["settings"]["options"]["scales"] == [0.75, 1.0]
+    assert record["settings"]["crf"]["iterations"] == 1
+    assert set(record["per_class"]) == {"background", "disc", "square", "triangle", "ring",
+                                        "star", "bar", "cross"}
+    assert 0.0 <= record["miou"] <= 1.0 and "crf_miou" in record and "trimap_accuracy" in record
+    assert record["published"] == {"demo val": 67.0}
+    assert f"val mIoU {record['miou']:.4f}" in result.stdout and "after CRF" in result.stdout
+
+    # Weights for another number of classes: one clear error, no results.
+    _demo_weights(tmp_path / "w5", 5)
+    result = _run(["deeplab_jax.evaluate", f"--weights={tmp_path / 'w5'}",
+                   "--config=configs/demo.py:tiny", f"--config.dataset.data_dir={demo_data_dir}"])
+    assert result.returncode == 1
+    assert "predicts 5 classes" in result.stderr and "'demo' has 8" in result.stderr
+    assert not (tmp_path / "w5" / "eval").exists()
+
+
+def test_predict_with_converted_weights_needs_no_config(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    _demo_weights(tmp_path / "w", 8)
+    images = tmp_path / "images"
+    for folder in ("a", "b"):
+        (images / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(images / "a" / "x.png")
+    Image.fromarray(picture).save(images / "b" / "x.png")
+    Image.fromarray(picture[..., 0].astype(np.uint16) * 257).save(images / "b" / "gray16.png")
+    out = tmp_path / "out"
+    result = _run(["deeplab_jax.predict", f"--weights={tmp_path / 'w'}", f"--input={images}",
+                   f"--output={out}", "--probabilities"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "segmented 3 of 3" in result.stdout
+    a, b = np.asarray(Image.open(out / "a" / "x.png")), np.asarray(Image.open(out / "b" / "x.png"))
+    np.testing.assert_array_equal(a, b)  # same picture, two folders, two files
+    assert np.load(out / "b" / "gray16_probs.npy").shape == (40, 50, 8)

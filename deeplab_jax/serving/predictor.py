@@ -1,17 +1,26 @@
 """Segmenting images of any size: `Predictor` (probabilities, labels) and `segment_files`.
 
-For every image (one file or a folder, any size) `segment_files` writes <stem>.png, the label map as
-a palette PNG (VOC colours; class ids exact), and <stem>_overlay.jpg, the classes blended over the
-image. Images are padded bottom/right to a size bucket (multiples of 64 plus 1, so logit i sits on
-pixel i*os) so that a folder of many sizes compiles a handful of programs, not one per image.
-Unreadable files are reported and skipped; the caller gets the list.
+For every image (one file or a folder, any size, subfolders kept) `segment_files` writes
+<name>.png, the label map as a palette PNG (class ids exact, the data set's colours), and
+<name>_overlay.jpg, the classes blended over the image; with `probabilities=True` also
+<name>_probs.npy, the class probabilities as float16 H x W x K. Images are padded bottom/right to a
+size bucket (multiples of 64 plus 1, so logit i sits on pixel i*os) so that a folder of many sizes
+compiles a handful of programs, not one per image. Unreadable files are reported and skipped; the
+caller gets the list.
+
+Pixel formats: 8-bit images of any mode are converted to RGB; 16-bit grayscale (PNG/TIFF 'I;16',
+or 'I' from a PNG) is scaled to 8 bits by dividing by 257 (65535 -> 255) instead of being clipped
+at 255, which would saturate almost every pixel; 16-bit RGB PNGs are reduced to 8 bits by Pillow
+itself. Other wide formats (32-bit integer, float) are refused with a message. Paths go through
+`etils.epath`, so inputs and outputs may be URLs (gs://...).
 """
 
-import os
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -21,6 +30,7 @@ from deeplab_jax.serving import visualize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 BUCKET = 64
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def bucket_size(height, width, bucket=BUCKET):
@@ -64,35 +74,93 @@ class Predictor:
 
 
 def list_images(path):
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
+    """[(image path, its name relative to `path`)]: one file, or every image under a folder."""
+    root = epath.Path(path)
+    if root.is_file():
+        return [(root, root.name)]
+    if not root.is_dir():
         raise FileNotFoundError(f"--input={path!r} is neither an image file nor a directory")
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(_image_files(root), key=str)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}")
-    return files
+    return [(p, p.relative_to(root).as_posix()) for p in files]
+
+
+def _image_files(folder):
+    """Image files under `folder`, recursively (one listing per folder, also on gs://)."""
+    for child in folder.iterdir():
+        if child.is_dir():
+            yield from _image_files(child)
+        elif child.name.lower().endswith(IMAGE_EXTENSIONS):
+            yield child
+
+
+def to_rgb8(image, name="image"):
+    """uint8 H x W x 3 of a PIL image (see the module docstring for wide pixel formats)."""
+    sixteen_bit = image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG")
+    if sixteen_bit:
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{name}: pixel values outside 0..65535 in a 16-bit image")
+        gray = ((values * 2 + 257) // 514).astype(np.uint8)  # round(v / 257): 65535 -> 255
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        raise ValueError(f"{name}: {image.mode!r} pixels (32-bit integer or float) have no "
+                         "defined 8-bit scaling; save the image with 8 or 16 bits per channel")
+    return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def read_rgb(path):
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), np.uint8)
+    path = epath.Path(path)
+    with path.open("rb") as f, Image.open(io.BytesIO(f.read())) as image:
+        return to_rgb8(image, str(path))
 
 
-def segment_files(predictor, files, output_dir, palette, progress=True):
-    """Writes PNG + overlay per file; returns [(path, error message)] of the files that failed."""
-    os.makedirs(output_dir, exist_ok=True)
+def output_names(names):
+    """Output names without extensions (subfolders kept); an extension stays where two inputs
+    would otherwise share a name (x.jpg and x.png in one folder)."""
+    stems = [name.rsplit(".", 1)[0] for name in names]
+    return [name if stems.count(stem) > 1 else stem for name, stem in zip(names, stems)]
+
+
+def _save(image, path, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.save(buffer, **kwargs)
+    path.write_bytes(buffer.getvalue())
+
+
+def write_outputs(output_dir, name, image, probs_HxWxK, palette, probabilities=False):
+    """<name>.png (palette label map), <name>_overlay.jpg and, if asked, <name>_probs.npy."""
+    output_dir = epath.Path(output_dir)
+    labels = probs_HxWxK.argmax(-1).astype(np.uint8)
+    label_png = Image.fromarray(labels)  # 'L'; a palette makes it 'P' with the ids unchanged
+    label_png.putpalette(np.asarray(palette, np.uint8).ravel().tolist())
+    _save(label_png, output_dir / f"{name}.png", format="PNG")
+    _save(Image.fromarray(visualize.overlay(image, labels, palette)),
+          output_dir / f"{name}_overlay.jpg", format="JPEG", quality=90)
+    if probabilities:
+        buffer = io.BytesIO()
+        np.save(buffer, probs_HxWxK.astype(np.float16))
+        (output_dir / f"{name}_probs.npy").write_bytes(buffer.getvalue())
+    return labels
+
+
+def segment_files(predictor, files, output_dir, palette, progress=True, probabilities=False):
+    """Writes the outputs of every (path, relative name) in `files` (from `list_images`).
+
+    Returns [(path, error message)] of the files that could not be read.
+    """
+    epath.Path(output_dir).mkdir(parents=True, exist_ok=True)
+    names = output_names([name for _, name in files])
     failures = []
-    for path in tqdm(files, desc="predict", unit="image", disable=not progress):
+    for (path, _), name in tqdm(list(zip(files, names)), desc="predict", unit="image",
+                                disable=not progress):
         try:
             image = read_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError) as error:
-            failures.append((path, f"{type(error).__name__}: {error}"))
+            failures.append((str(path), f"{type(error).__name__}: {error}"))
             continue
-        labels = predictor.labels(image)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        visualize.save_label_png(os.path.join(output_dir, f"{stem}.png"), labels, palette)
-        Image.fromarray(visualize.overlay(image, labels, palette)).save(
-            os.path.join(output_dir, f"{stem}_overlay.jpg"), quality=90)
+        write_outputs(output_dir, name, image, predictor.probabilities(image), palette,
+                      probabilities=probabilities)
     return failures

@@ -12,8 +12,11 @@ r"""Converts published DeepLab weights into an orbax checkpoint for train/evalua
 PyTorch v2 state dicts), torchvision (ImageNet ResNets, deeplabv3_resnet50/101), tf (TF
 models/research/deeplab v3+ Xception-65 checkpoints; give the prefix, e.g. model.ckpt-30000).
 --override=KEY=VALUE (repeatable) passes model overrides, e.g. --override=msc_scales=(1,0.75,0.5).
-The output directory holds the orbax checkpoint and deeplab_model.json (model name, classes and
-the overrides it was built with, including the source's layout defaults); see `weights.__init__`.
+--dataset=NAME records the data set the classifier was trained on (class names and palette for
+predict and evaluate). The output directory holds the orbax checkpoint and deeplab_model.json (the
+model, the overrides it was built with including the source's layout, and the data set); see
+`weights.model_info`. Published models download and convert in one step with
+`python -m deeplab_jax.weights.fetch NAME --output=DIR`.
 """
 
 import ast
@@ -21,7 +24,10 @@ import sys
 
 from absl import app, flags
 
-from deeplab_jax import weights
+from deeplab_jax import cli, weights
+from deeplab_jax.data import datasets
+from deeplab_jax.parallel import xla_flags
+from deeplab_jax.weights import model_info
 
 FLAGS = flags.FLAGS
 
@@ -37,6 +43,8 @@ def _define_flags():
     flags.DEFINE_bool("strict", True, "Fail when the file holds tensors the model does not use.")
     flags.DEFINE_integer("seed", 0, "Seed of the fresh init of allowed-missing variables.")
     flags.DEFINE_multi_string("override", [], "Model override KEY=VALUE (Python literal values).")
+    flags.DEFINE_enum("dataset", None, sorted(datasets.DATASETS),
+                      "Data set the classifier was trained on (class names, palette).")
     for name in ("source", "input", "model", "num_classes", "output"):
         flags.mark_flag_as_required(name)
 
@@ -56,32 +64,46 @@ def parse_overrides(items):
     return overrides
 
 
+def convert_to_directory(source, path, model, num_classes, output, *, allow_missing=(),
+                         strict=True, seed=0, dataset=None, overrides=None):
+    """Imports the weight file and writes it as a converted checkpoint; returns the report.
+
+    `output` must not exist. deeplab_model.json records the model, the overrides it was built with
+    (including the source's layout), the layout, the source file and the data set.
+    """
+    overrides = dict(overrides or {})
+    variables, report = weights.import_weights(
+        source, path, model, num_classes, allow_missing=allow_missing, strict=strict, seed=seed,
+        **overrides)
+    names = None
+    if dataset and datasets.DATASETS[dataset].num_classes == num_classes:
+        names = list(datasets.DATASETS[dataset].class_names)
+    info = model_info.make_model_info(model, num_classes, report.model_overrides, source, path,
+                                      dataset=dataset, classes=names)
+    weights.save_variables(output, variables, model_info=info)
+    return report
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     overrides = parse_overrides(FLAGS.override)
     try:
-        variables, report = weights.import_weights(
-            FLAGS.source, FLAGS.input, FLAGS.model, FLAGS.num_classes,
-            allow_missing=FLAGS.allow_missing, strict=FLAGS.strict, seed=FLAGS.seed, **overrides)
-    except (weights.WeightImportError, ValueError) as error:
+        report = convert_to_directory(
+            FLAGS.source, FLAGS.input, FLAGS.model, FLAGS.num_classes, FLAGS.output,
+            allow_missing=FLAGS.allow_missing, strict=FLAGS.strict, seed=FLAGS.seed,
+            dataset=FLAGS.dataset, overrides=overrides)
+    except (weights.WeightImportError, ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report.summary())
-    info = dict(model=FLAGS.model, num_classes=FLAGS.num_classes,
-                overrides=report.model_overrides, source=FLAGS.source, input=FLAGS.input)
-    try:
-        weights.save_variables(FLAGS.output, variables, model_info=info)
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     print(f"wrote {FLAGS.output} ({len(report.assigned)} tensors from the file)")
     return 0
 
 
 def run():
-    _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    xla_flags.apply()  # before JAX starts its backends (importing modules does not start them)
+    cli.run_command(_define_flags, main)
 
 
 if __name__ == "__main__":

@@ -1,66 +1,119 @@
 """The converted-checkpoint format: an orbax checkpoint of the variables + deeplab_model.json.
 
-Written by `save_variables` (and `python -m deeplab_jax.weights.convert`): DIR is an orbax
-checkpoint of the variables dict, written with `ocp.StandardCheckpointer().save(DIR, variables)`,
-plus DIR/deeplab_model.json = {"model", "num_classes", "overrides", "source", "input"} so that the
-same model can be rebuilt (`load_model`). `load_variables(path)` reads such a directory (or an .npz
-of '/'-joined paths such as 'params/backbone/stem/conv1/conv/kernel') back as numpy arrays;
-`config.model.init_checkpoint` points at DIR.
+Written by `save_variables` (and `python -m deeplab_jax.weights.convert` / `.fetch`): DIR is an
+orbax checkpoint of the variables dict, written with `ocp.StandardCheckpointer().save(DIR,
+variables)`, plus DIR/deeplab_model.json = {"model", "num_classes", "overrides", "layout",
+"source", "input", ...} so that the same model can be rebuilt (`load_model`; the fields are
+described in `model_info`). `load_variables(path)` reads such a directory (or an .npz of '/'-joined
+paths such as 'params/backbone/stem/conv1/conv/kernel') back as numpy arrays and refuses
+non-finite values; `config.model.init_checkpoint` points at DIR. Paths may be URLs (gs://...):
+every file operation goes through `etils.epath`.
 """
 
 import json
-import os
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-from deeplab_jax import models
-from deeplab_jax.weights.mapping import WeightImportError, flatten, unflatten
+from deeplab_jax.weights.mapping import WeightImportError, compile_patterns, flatten, unflatten
 
 MODEL_INFO_FILE = "deeplab_model.json"
+# How many tensor names an error lists.
+_LISTED = 10
+
 
 def save_variables(directory, variables, model_info=None):
     """Writes `variables` as an orbax checkpoint at `directory` (+ deeplab_model.json)."""
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory):
+    directory = epath.Path(directory)
+    if not _is_url(directory):
+        directory = directory.absolute()
+    if directory.exists():
         raise FileExistsError(
             f"{directory} already exists; choose a new --output directory (orbax never overwrites)")
     arrays = jax.tree.map(np.asarray, variables)
+    check_finite(arrays, f"variables to save into {directory}")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory, arrays)
     checkpointer.wait_until_finished()
     checkpointer.close()
     if model_info is not None:
-        with open(os.path.join(directory, MODEL_INFO_FILE), "w") as f:
-            json.dump(model_info, f, indent=2, default=_jsonable)
+        (directory / MODEL_INFO_FILE).write_text(
+            json.dumps(model_info, indent=2, default=_jsonable))
+
+
+def _is_url(path):
+    return "://" in str(path)
 
 
 def _jsonable(value):
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
     return str(value)
 
 
+def check_finite(variables, where):
+    """Raises WeightImportError naming `where` and the tensors holding NaN or infinite values.
+
+    Works on numpy and (sharded) jax arrays alike; for jax arrays only one boolean per tensor
+    leaves the device.
+    """
+    bad = []
+    for name, leaf in flatten(variables).items():
+        if isinstance(leaf, jax.Array):
+            finite = bool(jnp.all(jnp.isfinite(leaf))) if jnp.issubdtype(
+                leaf.dtype, jnp.inexact) else True
+        else:
+            array = np.asarray(leaf)
+            finite = bool(np.all(np.isfinite(array))) if np.issubdtype(
+                array.dtype, np.inexact) else True
+        if not finite:
+            bad.append(name)
+    if bad:
+        listed = ", ".join(bad[:_LISTED]) + (f" and {len(bad) - _LISTED} more"
+                                              if len(bad) > _LISTED else "")
+        raise WeightImportError(
+            f"{where}: {len(bad)} tensor(s) hold NaN or infinite values ({listed}); the file is "
+            "corrupt or comes from a diverged training run, and is not used")
+
+
 def load_variables(path):
-    """Variables (nested dict of numpy arrays) from a converted checkpoint directory or an .npz."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
+    """Variables (nested dict of numpy arrays) from a converted checkpoint directory or an .npz.
+
+    Pickled objects are never loaded (`np.load(allow_pickle=False)`; orbax stores no pickles), and
+    non-finite values are an error naming the file.
+    """
+    path = epath.Path(path)
+    if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.endswith(".npz"):
+    if path.name.endswith(".npz"):
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return unflatten({name: np.asarray(data[name]) for name in data.files})
-        except (OSError, ValueError) as error:
-            raise WeightImportError(f"{path}: not a readable .npz of variables ({error})") from None
-    if not os.path.isdir(path):
+            with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+                variables = unflatten({name: np.asarray(data[name]) for name in data.files})
+        except (OSError, ValueError, EOFError) as error:
+            raise WeightImportError(
+                f"{path}: not a readable .npz of numeric variables ({error}); object (pickled) "
+                "arrays are refused") from None
+    elif not path.is_dir():
         raise WeightImportError(
             f"{path}: expected an orbax checkpoint directory (from deeplab_jax.weights.convert) "
             "or an .npz file")
+    else:
+        variables = _restore_orbax(path)
+    check_finite(variables, str(path))
+    return variables
+
+
+def _restore_orbax(path):
     checkpointer = ocp.StandardCheckpointer()
     try:
-        restored = checkpointer.restore(os.path.abspath(path))
+        restored = checkpointer.restore(path if _is_url(path) else path.absolute())
     except Exception as error:  # orbax raises many types for a broken directory
         raise WeightImportError(f"{path}: cannot restore the orbax checkpoint ({error})") from None
     finally:
@@ -68,51 +121,81 @@ def load_variables(path):
     return jax.tree.map(np.asarray, restored)
 
 
-def merge_into(target, source, what="params"):
+def merge_into(target, source, what="params", reinitialise=()):
     """`target` (a tree of arrays) with every leaf that `source` has at the same path replaced.
 
     Used to start training from converted weights (config.model.init_checkpoint): leaves absent from
-    `source` keep their fresh initialisation (e.g. a new classifier) and are logged; a leaf present
-    with another shape, or a source leaf with no place in the model, is an error naming it.
+    `source` keep their fresh initialisation (e.g. a new classifier) and are logged. A leaf present
+    with another shape, or a source leaf with no place in the model, is an error naming it, unless
+    its path matches `reinitialise` ('head' or regexes over paths such as 'head/c0/kernel', here
+    relative to `what`): such leaves (a classifier for another number of classes, another head)
+    keep their fresh initialisation and are logged. A tensor whose rank differs is never a head of
+    another shape and stays an error.
     """
     flat_target, flat_source = flatten(target), flatten(source)
-    mismatched = [f"{path}: model {np.shape(flat_target[path])} vs file {np.shape(value)}"
-                  for path, value in flat_source.items()
-                  if path in flat_target and np.shape(flat_target[path]) != np.shape(value)]
-    unused = sorted(set(flat_source) - set(flat_target))
+    patterns = compile_patterns(reinitialise)
+
+    def allowed(path):
+        return any(p.search(f"{what}/{path}") or p.search(path) for p in patterns)
+
+    mismatched, unused, reinitialised = [], [], []
+    for path, value in flat_source.items():
+        if path not in flat_target:
+            (reinitialised if allowed(path) else unused).append(path)
+            continue
+        shape, expected = np.shape(value), np.shape(flat_target[path])
+        if shape != expected:
+            if allowed(path) and len(shape) == len(expected):
+                reinitialised.append(f"{path} (file {shape}, model {expected})")
+            else:
+                mismatched.append(f"{path}: model {expected} vs file {shape}")
     if mismatched or unused:
         raise WeightImportError(
             f"{what}: the initial weights do not fit the model; shape mismatches: {mismatched}; "
             f"not in the model: {unused}")
+    if reinitialised:
+        logging.warning("%s: %d tensors of the initial weights do not fit the model (allowed: %s) "
+                        "and are re-initialised: %s", what, len(reinitialised),
+                        list(reinitialise), reinitialised)
     kept = sorted(set(flat_target) - set(flat_source))
     if kept:
         logging.info("%s: %d tensors not in the initial weights keep their initialisation: %s",
-                     what, len(kept), kept[:10])
+                     what, len(kept), kept[:_LISTED])
+    fits = {path for path in flat_source
+            if path in flat_target and np.shape(flat_source[path]) == np.shape(flat_target[path])}
     merged = {path: (np.asarray(flat_source[path], np.asarray(flat_target[path]).dtype)
-                     if path in flat_source else flat_target[path]) for path in flat_target}
+                     if path in fits else flat_target[path]) for path in flat_target}
     return unflatten(merged)
 
 
 def save_npz(path, variables):
     """Writes `variables` as an .npz of '/'-joined paths (readable by `load_variables`)."""
-    np.savez(path, **{name: np.asarray(v) for name, v in flatten(variables).items()})
+    with epath.Path(path).open("wb") as f:
+        np.savez(f, **{name: np.asarray(v) for name, v in flatten(variables).items()})
 
 
 def load_model_info(path):
     """The deeplab_model.json of a converted checkpoint (a dict), or None if it has none."""
-    info_path = os.path.join(os.fspath(path), MODEL_INFO_FILE)
-    if not os.path.isfile(info_path):
+    info_path = epath.Path(path) / MODEL_INFO_FILE
+    if not info_path.is_file():
         return None
-    with open(info_path) as f:
-        return json.load(f)
+    try:
+        return json.loads(info_path.read_text())
+    except ValueError as error:
+        raise WeightImportError(f"{info_path}: not valid JSON ({error})") from None
 
 
-def load_model(path):
-    """(model, variables) of a converted checkpoint directory, rebuilt from its model info."""
-    info = load_model_info(path)
-    if info is None:
-        raise WeightImportError(f"{path} has no {MODEL_INFO_FILE}; build the model yourself and "
-                                "call load_variables")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in info["overrides"].items()}
-    model = models.get_model(info["model"], info["num_classes"], **overrides)
-    return model, load_variables(path)
+def select_classes(variables, channels, num_classes):
+    """`variables` with the classifier's class axis (last axis of size `num_classes` under
+    params/head) reduced to `channels`, e.g. the 171 used of COCO-Stuff's 182 label values."""
+    channels = np.asarray(channels, np.int64)
+    flat = flatten(variables)
+    changed = 0
+    for path, value in flat.items():
+        if re.match(r"^params/head/", path) and np.shape(value)[-1:] == (num_classes,):
+            flat[path] = np.ascontiguousarray(np.asarray(value)[..., channels])
+            changed += 1
+    if not changed:
+        raise WeightImportError(
+            f"no classifier tensor with {num_classes} classes under params/head")
+    return unflatten(flat)

@@ -1,10 +1,13 @@
-"""Shared references for the weight-import tests: small PyTorch nets and Caffe layer lists.
+"""Shared references for the weight-import tests: small PyTorch nets, Caffe layer lists, TF
+checkpoints, photographs.
 
 The truths are the reference frameworks fed the same numbers: a PyTorch DeepLab-v2 written here
 with kazuto1011's module names (Caffe ResNet layout: stride on the 1x1 reduce conv, ceil-mode stem
 pool, atrous res4/res5, summed ASPP classifiers), a PyTorch DeepLab-LargeFOV (VGG-16, Caffe
 pooling), and torchvision's own models. Caffe files are written from those same arrays under the
-released models' layer names, with BatchNorm statistics multiplied by a random Caffe scale factor.
+released models' layer names, with BatchNorm statistics multiplied by a random Caffe scale factor;
+TF checkpoints are written by TensorFlow itself (in a subprocess) under the TF release's scope
+names (`tf_scope_name`).
 """
 
 import numpy as np
@@ -189,6 +192,97 @@ def caffe_bgr_nchw(images_BxHxWx3):
     """What the Caffe release feeds its net: BGR minus the mean, NCHW."""
     bgr = images_BxHxWx3[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR.reshape(1, 1, 1, 3)
     return np.ascontiguousarray(bgr.transpose(0, 3, 1, 2))
+
+
+TF_BN = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
+
+
+def tf_scope_name(path):
+    """Our variable path -> the release's checkpoint name (independent of the importer)."""
+    collection, *parts = path.split("/")
+    leaf = parts[-1]
+    if parts[:2] == ["head", "logits"]:
+        return "logits/semantic/" + {"kernel": "weights", "bias": "biases"}[leaf]
+    if parts[0] == "backbone":
+        flow, rest = parts[1], parts[2:-2]
+        if rest[0].startswith("conv1_"):
+            scope = f"xception_65/{flow}/{rest[0]}"
+        else:
+            block, unit, conv = rest[0], rest[1], rest[2:]
+            scope = (f"xception_65/{flow}/{block}/unit_{unit[len('unit'):]}/xception_module/"
+                     + "_".join(conv))
+    else:  # head/aspp/... or head/decoder/...
+        section, conv = parts[1], parts[2:-2]
+        scope = ("decoder/" if section == "decoder" else "") + "_".join(conv)
+    if parts[-2] == "bn":
+        return f"{scope}/BatchNorm/{TF_BN[leaf]}"
+    return f"{scope}/{'depthwise_weights' if scope.endswith('_depthwise') else 'weights'}"
+
+
+# Run in a subprocess: TensorFlow never enters a test process (imported before PyTorch's triton,
+# TF crashes the interpreter).
+_TF_WRITER = """
+import sys
+import numpy as np
+import tensorflow as tf
+
+tensors = dict(np.load(sys.argv[1]))
+prefix = sys.argv[2]
+with tf.Graph().as_default():
+    variables = {name: tf.compat.v1.Variable(value, name=name.replace("/", "_"))
+                 for name, value in tensors.items()}
+    saver = tf.compat.v1.train.Saver(var_list=variables)
+    with tf.compat.v1.Session() as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        saver.save(session, prefix, write_meta_graph=False)
+"""
+
+
+def write_tf_checkpoint(prefix, tensors, then=""):
+    """Writes {TF name: array} as a TF V2 checkpoint at `prefix`, with TensorFlow itself; `then`
+    is more code run in that process (with np, tf, tensors and prefix defined)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed (pip install 'deeplab-jax[tf]'); it writes the "
+                    "checkpoint")
+    arrays = os.fspath(prefix) + ".tensors.npz"
+    np.savez(arrays, **tensors)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", _TF_WRITER + then, arrays, os.fspath(prefix)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    os.remove(arrays)
+
+
+def photograph(size, name="astronaut"):
+    """A scikit-image photograph resized to size x size, uint8 RGB (real colour statistics)."""
+    import skimage.data
+    from PIL import Image
+
+    image = Image.fromarray(getattr(skimage.data, name)()[..., :3])
+    return np.asarray(image.resize((size, size), Image.BILINEAR), np.uint8)
+
+
+def imagenet_nchw(images_BxHxWx3):
+    """What torchvision's ImageNet models take: RGB / 255 normalised by mean and std, NCHW."""
+    mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+    std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+    x = (images_BxHxWx3.astype(np.float32) - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def backbone_features(model, variables, images_BxHxWx3):
+    """The model's backbone output on uint8 RGB images, normalised as the model normalises."""
+    from deeplab_jax.models import normalize_images
+
+    def features(module, images):
+        return module.backbone(normalize_images(images, module.input_norm), train=False)
+
+    return np.asarray(model.apply(variables, images_BxHxWx3, method=features))
 
 
 def relative_error(ours, reference):

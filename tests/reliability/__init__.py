@@ -1,0 +1,1 @@
+"""Fault-injection tests: hostile or broken inputs must fail cleanly."""

@@ -95,7 +95,9 @@ def test_wrong_inputs_and_files_give_clear_errors(demo, tmp_path):
 
 def test_tf_saved_model_serves_the_same_labels(demo, tmp_path):
     """jax2tf SavedModel, written and served by TensorFlow in a subprocess (TF stays out of this
-    process: imported before PyTorch's triton, it crashes the interpreter)."""
+    process: imported before PyTorch's triton, it crashes the interpreter). Serialised for the
+    StableHLO version the installed TensorFlow reads (`serving.tf_compat`): jax 0.12's default
+    is newer than TensorFlow 2.21 can deserialise."""
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("TensorFlow (the export extra) is not installed")
     model, variables, images = demo
@@ -104,10 +106,12 @@ def test_tf_saved_model_serves_the_same_labels(demo, tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, tensorflow as tf
         from deeplab_jax import models, weights
+        from deeplab_jax.serving import tf_compat
         from deeplab_jax.serving.export import export_saved_model
         variables = weights.load_variables({str(tmp_path / 'variables.npz')!r})
         model = models.get_model("deeplab_v2_demo", 4)
-        export_saved_model(model, variables, {str(tmp_path / 'saved_model')!r}, {SIZE!r})
+        with tf_compat.stablehlo_for_tensorflow():
+            export_saved_model(model, variables, {str(tmp_path / 'saved_model')!r}, {SIZE!r})
         serve = tf.saved_model.load({str(tmp_path / 'saved_model')!r}).signatures["serving_default"]
         images = tf.constant(np.load({str(tmp_path / 'images.npy')!r}))
         np.save({str(tmp_path / 'labels.npy')!r}, serve(images=images)["labels"].numpy())
@@ -118,3 +122,32 @@ def test_tf_saved_model_serves_the_same_labels(demo, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"),
                                   _live_labels(model, variables, images[:2]))
+
+
+def test_the_stablehlo_target_follows_the_consumer():
+    from deeplab_jax.serving import tf_compat
+
+    assert tf_compat.target_version("1.13.7", "1.15.0", "0.9.0") == "1.13.7"
+    assert tf_compat.target_version("1.13.7", "1.12.0", "0.9.0") == "1.12.0"  # already readable
+    with pytest.raises(tf_compat.IncompatibleTensorFlowError,
+                       match=r"reads StableHLO up to 1\.2\.0.*1\.5\.0 at the oldest"):
+        tf_compat.target_version("1.2.0", "1.18.0", "1.5.0")
+
+
+def test_the_export_command_line_writes_a_reloadable_artifact(demo, tmp_path):
+    """python -m deeplab_jax.export --weights=DIR: the artifact gives the live model's labels."""
+    from deeplab_jax import weights
+    from deeplab_jax.weights import model_info
+
+    model, variables, images = demo
+    info = model_info.make_model_info("deeplab_v2_demo", 4, {}, "test", "-")
+    weights.save_variables(tmp_path / "w", variables, model_info=info)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-m", "deeplab_jax.export", f"--weights={tmp_path / 'w'}",
+         f"--output={tmp_path / 'demo.jaxexport'}", f"--input_size={SIZE[0]},{SIZE[1]}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "input 33x41" in result.stdout
+    labels = np.asarray(load_inference(tmp_path / "demo.jaxexport")(images))
+    np.testing.assert_array_equal(labels, _live_labels(model, variables, images))

@@ -7,8 +7,6 @@ separable conv with the imported variables.
 """
 
 import importlib.util
-import os
-import subprocess
 import sys
 
 import jax
@@ -21,55 +19,19 @@ from deeplab_jax.models.separable import SeparableConvBN
 from deeplab_jax.weights import WeightImportError, import_weights, tf_bundle
 from deeplab_jax.weights.mapping import flatten
 
-from tests.helpers.weights_reference import relative_error
+from tests.helpers.weights_reference import relative_error, tf_scope_name, write_tf_checkpoint
 
 TF_MISSING = "TensorFlow is not installed (pip install 'deeplab-jax[tf]'); it writes the checkpoint"
 MODEL = "deeplab_v3plus_xception65"
 SMALL = dict(middle_repeats=2, width_multiplier=0.25)
-TF_BN = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
 
 
-def _tf_scope(path):
-    """Our variable path -> the release's checkpoint name (independent of the importer)."""
-    collection, *parts = path.split("/")
-    leaf = parts[-1]
-    if parts[:2] == ["head", "logits"]:
-        return "logits/semantic/" + {"kernel": "weights", "bias": "biases"}[leaf]
-    if parts[0] == "backbone":
-        flow, rest = parts[1], parts[2:-2]
-        if rest[0].startswith("conv1_"):
-            scope = f"xception_65/{flow}/{rest[0]}"
-        else:
-            block, unit, conv = rest[0], rest[1], rest[2:]
-            scope = (f"xception_65/{flow}/{block}/unit_{unit[len('unit'):]}/xception_module/"
-                     + "_".join(conv))
-    else:  # head/aspp/... or head/decoder/...
-        section, conv = parts[1], parts[2:-2]
-        scope = ("decoder/" if section == "decoder" else "") + "_".join(conv)
-    if parts[-2] == "bn":
-        return f"{scope}/BatchNorm/{TF_BN[leaf]}"
-    return f"{scope}/{'depthwise_weights' if scope.endswith('_depthwise') else 'weights'}"
-
-
-# Run by a subprocess: TensorFlow never enters the test process (imported before PyTorch's
-# triton, TF makes it crash), and the importer itself reads checkpoints without TF.
-_TF_SCRIPT = """
-import sys
-import numpy as np
-import tensorflow as tf
+# Run after TensorFlow wrote the checkpoint, in its process (`write_tf_checkpoint`): the importer
+# itself reads checkpoints without TF.
+_TF_CHECKS = """
 from deeplab_jax.weights import tf_bundle
 
-work = sys.argv[1]
-tensors = dict(np.load(work + "/tensors.npz"))
-prefix = work + "/model.ckpt-30000"
-with tf.Graph().as_default():
-    variables = {name: tf.compat.v1.Variable(value, name=name.replace("/", "_"))
-                 for name, value in tensors.items()}
-    saver = tf.compat.v1.train.Saver(var_list=variables)
-    with tf.compat.v1.Session() as session:
-        session.run(tf.compat.v1.global_variables_initializer())
-        saver.save(session, prefix, write_meta_graph=False)
-
+work = prefix.rsplit("/", 1)[0]
 # TF's own reader and ours agree on every tensor.
 reader = tf.train.load_checkpoint(prefix)
 ours = tf_bundle.read_bundle(prefix)
@@ -107,21 +69,17 @@ def checkpoint(tmp_path_factory):
         if path.endswith("/var"):
             value = np.abs(value) + 0.5
         expected[path] = value
-        name = _tf_scope(path)
+        name = tf_scope_name(path)
         # Depthwise kernels: ours (k, k, 1, C), TF's (k, k, C, 1).
         tensors[name] = value.transpose(0, 1, 3, 2) if name.endswith("depthwise_weights") else value
     tensors["global_step"] = np.array(30000, np.int64)
     tensors["aspp0/weights/Momentum"] = np.zeros((1, 1, 4, 4), np.float32)
     tensors["xception_65/logits/weights"] = np.zeros((1, 1, 8, 1001), np.float32)
     work = tmp_path_factory.mktemp("tf")
-    np.savez(work / "tensors.npz", **tensors)
     channels = tensors[f"{SEPARABLE_SCOPE}_depthwise/depthwise_weights"].shape[2]
     x = rng.normal(size=(2, 11, 11, channels)).astype(np.float32)
     np.save(work / "x.npy", x)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", _TF_SCRIPT, str(work)], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    write_tf_checkpoint(work / "model.ckpt-30000", tensors, then=_TF_CHECKS)
     return work / "model.ckpt-30000", expected, tensors, x, np.load(work / "reference.npy")
 
 

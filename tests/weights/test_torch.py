@@ -176,7 +176,7 @@ def test_torchvision_deeplabv3_head_and_small_backbone(tmp_path):
 
 @pytest.mark.slow
 def test_torchvision_deeplabv3_resnet101(tmp_path):
-    """The issue's acceptance test: torchvision deeplabv3_resnet101, random weights and stats."""
+    """torchvision deeplabv3_resnet101 at full size, random weights and BatchNorm statistics."""
     torch_or_skip()
     torchvision = pytest.importorskip("torchvision")
     net = torchvision.models.segmentation.deeplabv3_resnet101(

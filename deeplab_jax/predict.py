@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deeplab_jax import experiment, weights
-from deeplab_jax.crf import CRFParams
+from deeplab_jax.crf import METHODS, CRFParams
 from deeplab_jax.inference import TestTimeOptions
 from deeplab_jax.parallel import xla_flags
 from deeplab_jax.serving.predictor import Predictor, list_images, segment_files
@@ -50,7 +50,7 @@ def load_checkpoint(config, workdir):
     return trained.model, trained.variables, trained.descriptor.palette
 
 
-def test_time(config, scales=(), flip=False, crf=False):
+def test_time(config, scales=(), flip=False, crf=False, crf_method=None):
     """(TestTimeOptions, CRFParams or None, CRF method) from the config (if any) and the flags."""
     options = TestTimeOptions.from_config(config) if config is not None else TestTimeOptions()
     if scales:
@@ -60,7 +60,9 @@ def test_time(config, scales=(), flip=False, crf=False):
     use_crf = crf or (config is not None and config.crf.enabled)
     params = (CRFParams.from_config(config.crf) if config is not None else CRFParams()) \
         if use_crf else None
-    return options, params, config.crf.method if config is not None else "meanfield"
+    if crf_method is None:
+        crf_method = config.crf.method if config is not None else "meanfield"
+    return options, params, crf_method
 
 
 def main(argv):
@@ -82,7 +84,8 @@ def main(argv):
     except (weights.WeightImportError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    options, crf, crf_method = test_time(config, FLAGS.scales, FLAGS.flip, FLAGS.crf)
+    options, crf, crf_method = test_time(config, FLAGS.scales, FLAGS.flip, FLAGS.crf,
+                                           FLAGS.crf_method)
     predictor = Predictor(model, variables, options, crf_params=crf, crf_method=crf_method)
     failures = segment_files(predictor, files, FLAGS.output, palette,
                              progress=sys.stderr.isatty(), probabilities=FLAGS.probabilities)
@@ -106,6 +109,9 @@ def define_flags():
     flags.DEFINE_string("output", None, "directory for the label PNGs and overlays")
     flags.DEFINE_bool("crf", False, "refine with the dense CRF (config.crf parameters, else "
                       "DeepLab-v2's)")
+    flags.DEFINE_enum("crf_method", None, list(METHODS),
+                      "dense CRF method (default config.crf.method, else meanfield); 'auto' "
+                      "chooses by backend")
     flags.DEFINE_list("scales", [], "input scales, e.g. 0.5,0.75,1.0 (default config.eval.scales "
                       "or 1.0)")
     flags.DEFINE_bool("flip", False, "also average left-right flipped predictions")

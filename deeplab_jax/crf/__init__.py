@@ -7,12 +7,11 @@
 permutohedral lattice. `method="permutohedral"`: exact host version in numpy/scipy (the reference
 for the others). `method="separable"`: pure JAX of dense matrix products only (separable bilateral
 filtering, `deeplab_jax.crf.separable`; no sort, scatter or 64-bit integers: TPU-ready), ~98%
-labels equal to the exact CRF. `method="auto"`: chosen by backend (`deeplab_jax.crf.api.
-auto_method`). `deeplab_jax.crf.tune` is the command line of the paper's coarse-to-fine parameter
+labels equal to the exact CRF. `method="auto"`: chosen by backend (`auto_method`). `deeplab_jax.crf.tune` is the command line of the paper's coarse-to-fine parameter
 search (§4.1.1, `deeplab_jax.evaluation.crf_search`).
 """
 
-from deeplab_jax.crf.api import PROBS_SUM_TOLERANCE, dense_crf
+from deeplab_jax.crf.api import METHODS, PROBS_SUM_TOLERANCE, auto_method, dense_crf
 from deeplab_jax.crf.params import (
     DEEPLAB_V1,
     DEEPLAB_V1_RANGE,
@@ -26,7 +25,9 @@ __all__ = [
     "DEEPLAB_V1",
     "DEEPLAB_V1_RANGE",
     "DEEPLAB_V2",
+    "METHODS",
     "PAPER_COARSE_GRID",
     "PROBS_SUM_TOLERANCE",
+    "auto_method",
     "dense_crf",
 ]

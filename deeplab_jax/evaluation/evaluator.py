@@ -21,7 +21,7 @@ from deeplab_jax import experiment
 from deeplab_jax.crf import CRFParams, dense_crf
 from deeplab_jax.data import input_pipeline
 from deeplab_jax.evaluation import metrics, trimap
-from deeplab_jax.inference import TestTimeOptions, predict_logits
+from deeplab_jax.inference import TestTimeOptions, predict_logits, prepare_if_unfolded
 from deeplab_jax.parallel import mesh as mesh_lib
 
 
@@ -67,8 +67,14 @@ class Evaluator:
         self._logits = jax.jit(self.logits)
 
     def logits(self, variables, images_BxHxWx3):
-        """Scores at the input resolution with the configured test-time modes."""
-        return predict_logits(self.model, variables, images_BxHxWx3, self.settings.options)
+        """Scores at the input resolution with the configured test-time modes.
+
+        `variables` are the model's own (as trained); BatchNorm is folded into the convolutions
+        here, inside the compiled function (`inference.prepare`: faster, same scores), so the
+        training loop can hand over its state as it is.
+        """
+        model, variables = prepare_if_unfolded(self.model, variables)
+        return predict_logits(model, variables, images_BxHxWx3, self.settings.options)
 
     def _confusion_fn(self, variables, batch):
         predictions = jnp.argmax(self.logits(variables, batch["image"]), axis=-1)

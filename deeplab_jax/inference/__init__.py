@@ -11,7 +11,7 @@ from deeplab_jax.inference.modes import (
     sliding_window_logits,
     window_starts,
 )
-from deeplab_jax.inference.prepare import prepare
+from deeplab_jax.inference.prepare import prepare, prepare_if_unfolded
 
 __all__ = [
     "FUSIONS",
@@ -20,6 +20,7 @@ __all__ = [
     "multiscale_logits",
     "predict_logits",
     "prepare",
+    "prepare_if_unfolded",
     "sliding_window_logits",
     "window_starts",
 ]

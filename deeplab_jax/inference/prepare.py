@@ -121,3 +121,14 @@ def prepare(model, variables):
     if jax.tree_util.tree_leaves(stats):
         prepared["batch_stats"] = stats
     return _fold_norm_fields(model), prepared
+
+
+def prepare_if_unfolded(model, variables):
+    """`prepare` when `variables` hold BatchNorm statistics; otherwise both unchanged.
+
+    What evaluation, prediction and export call: they accept a model as trained (folded here), a
+    model `prepare` already returned, or a model without BatchNorm (nothing to fold).
+    """
+    if isinstance(variables, Mapping) and "batch_stats" in variables:
+        return prepare(model, variables)
+    return model, variables

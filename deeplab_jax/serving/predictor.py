@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from deeplab_jax.crf import dense_crf
-from deeplab_jax.inference import TestTimeOptions, predict_logits
+from deeplab_jax.inference import TestTimeOptions, predict_logits, prepare_if_unfolded
 from deeplab_jax.serving import visualize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -45,8 +45,8 @@ class Predictor:
 
     def __init__(self, model, variables, options: TestTimeOptions = TestTimeOptions(),
                  crf_params=None, crf_method="meanfield"):
-        self.model = model
-        self.variables = variables
+        # BatchNorm folded into the convolutions once (inference.prepare: faster, same scores).
+        self.model, self.variables = prepare_if_unfolded(model, variables)
         self.pad_value = np.asarray(options.pad_value, np.uint8)
         self.crf_params = crf_params
         self.crf_method = crf_method

@@ -7,8 +7,10 @@ from deeplab_jax.config import base_config
 from deeplab_jax.data.datasets import DatasetDescriptor
 from deeplab_jax.evaluation import trimap
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
+from deeplab_jax.inference import predict_logits
 from deeplab_jax.parallel import mesh as mesh_lib
 from tests.helpers.fixed_models import RedChannelClassifier
+from tests.helpers.models import batchnorm_model, images, relative_error
 
 
 def test_trimap_counts_by_hand():
@@ -55,3 +57,21 @@ def test_evaluator_confusion_through_a_fixed_model(num_devices):
     assert results["pixel_accuracy"] == pytest.approx(np.trace(expected) / expected.sum())
     # With a band wider than any image, the trimap covers every labelled pixel.
     assert results["trimap_accuracy"][-1] == pytest.approx(results["pixel_accuracy"])
+
+
+def test_evaluator_scores_are_the_models_as_built_with_batchnorm_folded():
+    """The evaluator folds BatchNorm (inference.prepare) inside its compiled function: same scores
+    as the model applied to the trained variables."""
+    descriptor = DatasetDescriptor(
+        name="fake", tfds_name="fake", num_classes=4, class_names=("a", "b", "c", "d"),
+        splits={"train": 1, "val": 1}, train_split="train", eval_split="val",
+        crop_size=(33, 33), eval_size=(33, 33), palette=np.zeros((256, 3), np.uint8))
+    config = base_config()
+    config.eval.batch_size = 8
+    model, variables = batchnorm_model("deeplab_v2_demo", {}, num_classes=4)
+    evaluator = Evaluator(model, mesh_lib.create_mesh(), descriptor,
+                          EvalSettings.from_config(config, descriptor))
+    batch = images(batch=8)
+    expected = predict_logits(model, variables, batch, evaluator.settings.options)
+    served = evaluator.logits(variables, batch)
+    assert relative_error(served, expected) <= 1e-4

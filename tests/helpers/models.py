@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deeplab_jax import models
 from deeplab_jax.models import layers
 
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
@@ -165,3 +166,35 @@ def np_separable(x, params, stats, rate=1, depthwise_relu=True, relu=True, strid
     """SeparableConvBN (depthwise/pointwise ConvBN submodules) in NumPy."""
     h = np_conv_bn(x, params["depthwise"], stats["depthwise"], rate, depthwise_relu, stride)
     return np_conv_bn(h, params["pointwise"], stats["pointwise"], 1, relu)
+
+
+def images(size=33, batch=2):
+    """Random float32 RGB images in [0, 255), [batch, size, size, 3] (seeded)."""
+    return jnp.asarray(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)),
+                       jnp.float32)
+
+
+def with_nontrivial_batchnorm(variables, seed=0):
+    """BatchNorm scales, offsets and running statistics drawn away from their identity init."""
+    rng = np.random.default_rng(seed)
+    ranges = {"scale": (0.5, 1.5), "bias": (-0.2, 0.2), "mean": (-0.2, 0.2), "var": (0.3, 2.0)}
+
+    def draw(path, leaf):
+        keys = [getattr(key, "key", None) for key in path]
+        if "bn" not in keys or keys[-1] not in ranges:
+            return leaf
+        return jnp.asarray(rng.uniform(*ranges[keys[-1]], leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, variables)
+
+
+def batchnorm_model(name, overrides, num_classes=5):
+    """(model, variables) of a registered model with BatchNorm drawn away from identity."""
+    model = models.get_model(name, num_classes, **overrides)
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                           images(batch=1), train=False)
+    return model, with_nontrivial_batchnorm(variables)
+
+
+def relative_error(actual, expected):
+    return float(jnp.linalg.norm(actual - expected) / jnp.linalg.norm(expected))

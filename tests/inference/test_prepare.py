@@ -11,6 +11,8 @@ from deeplab_jax import models
 from deeplab_jax.inference import prepare
 from deeplab_jax.inference.prepare import fold_conv_bn
 
+from tests.helpers.models import batchnorm_model, images, relative_error
+
 TINY_V2 = dict(stage_sizes=(1, 1, 2, 1), widths=(4, 4, 8, 8))
 TINY_V3 = dict(stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8), aspp_features=8,
                decoder_features=8, decoder_low_level_features=4)
@@ -27,42 +29,11 @@ CASES = {
     "v3plus_pointrend": ("deeplab_v3plus_demo", dict(pointrend=True,
                                                      pointrend_subdivision_points=64)),
 }
-SIZE = 33
-
-
-def images(size=SIZE, batch=2):
-    return jnp.asarray(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)),
-                       jnp.float32)
-
-
-def with_nontrivial_batchnorm(variables, seed=0):
-    """BatchNorm scales, offsets and running statistics drawn away from their identity init."""
-    rng = np.random.default_rng(seed)
-    ranges = {"scale": (0.5, 1.5), "bias": (-0.2, 0.2), "mean": (-0.2, 0.2), "var": (0.3, 2.0)}
-
-    def draw(path, leaf):
-        keys = [getattr(key, "key", None) for key in path]
-        if "bn" not in keys or keys[-1] not in ranges:
-            return leaf
-        return jnp.asarray(rng.uniform(*ranges[keys[-1]], leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, variables)
-
-
-def build(name, overrides):
-    model = models.get_model(name, 5, **overrides)
-    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                           images(batch=1), train=False)
-    return model, with_nontrivial_batchnorm(variables)
-
-
-def relative_error(actual, expected):
-    return float(jnp.linalg.norm(actual - expected) / jnp.linalg.norm(expected))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prepared_model_equals_the_original(case):
-    model, variables = build(*CASES[case])
+    model, variables = batchnorm_model(*CASES[case])
     prepared_model, prepared_variables = prepare(model, variables)
     x = images()
     expected = model.apply(variables, x, train=False)
@@ -95,7 +66,7 @@ def test_unprepared_parameter_paths_keep_conv_and_bn():
 
 
 def test_folded_unit_holds_a_conv_bias_and_the_config_says_folded():
-    model, variables = build(*CASES["v3plus_xception"])
+    model, variables = batchnorm_model(*CASES["v3plus_xception"])
     prepared_model, prepared_variables = prepare(model, variables)
     assert prepared_model.backbone.norm.folded and prepared_model.head.norm.folded
     assert not model.backbone.norm.folded
@@ -118,7 +89,7 @@ def test_fold_formula_per_output_channel():
 
 
 def test_prepared_model_refuses_training_and_a_second_prepare():
-    model, variables = build(*CASES["v2_resnet_aspp_l"])
+    model, variables = batchnorm_model(*CASES["v2_resnet_aspp_l"])
     prepared_model, prepared_variables = prepare(model, variables)
     with pytest.raises(ValueError, match="folded"):
         prepared_model.apply(prepared_variables, images(), train=True)
@@ -127,7 +98,7 @@ def test_prepared_model_refuses_training_and_a_second_prepare():
 
 
 def test_missing_batch_stats_is_reported():
-    model, variables = build(*CASES["v2_resnet_aspp_l"])
+    model, variables = batchnorm_model(*CASES["v2_resnet_aspp_l"])
     with pytest.raises(ValueError, match="batch_stats"):
         prepare(model, {"params": variables["params"]})
 
@@ -135,7 +106,7 @@ def test_missing_batch_stats_is_reported():
 def test_epsilon_of_each_unit_is_used():
     """Xception's BatchNorm epsilon is 1e-3 (ResNet's 1e-5): with a running variance of 1e-3 the
     two would fold to kernels 1.4x apart."""
-    model, variables = build(*CASES["v3plus_xception"])
+    model, variables = batchnorm_model(*CASES["v3plus_xception"])
     assert model.backbone.norm.epsilon == 1e-3
     path = ("backbone", "entry_flow", "block1", "unit1", "separable_conv1", "depthwise")
     unit_stats = variables["batch_stats"]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_jax import models
+from deeplab_jax import models, predict
 from deeplab_jax.data import palettes
+from deeplab_jax.inference import predict_logits
 from deeplab_jax.serving.predictor import (
     Predictor,
     list_images,
@@ -19,15 +20,20 @@ from deeplab_jax.serving.predictor import (
 from tests.helpers.weights_reference import photograph
 
 
-@pytest.fixture(scope="module")
-def predictor():
+def _demo_model_and_variables():
+    """deeplab_v2_demo (4 classes) with random weights and BatchNorm statistics."""
     model = models.get_model("deeplab_v2_demo", 4)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3))))
     rng = np.random.default_rng(1)
     variables = jax.tree_util.tree_map_with_path(
         lambda path, leaf: (np.abs(rng.normal(size=leaf.shape)) + 0.5 if "var" in str(path[-1])
                             else 0.3 * rng.normal(size=leaf.shape)).astype(np.float32), shapes)
-    return Predictor(model, variables)
+    return model, variables
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(*_demo_model_and_variables())
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_saturated(tmp_path, predictor):
@@ -76,3 +82,22 @@ def test_subfolders_are_kept_and_names_never_collide(tmp_path, predictor):
         assert probs.dtype == np.float16 and probs.shape == (30, 30, 4)
         np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=5e-3)
         np.testing.assert_array_equal(np.asarray(label), predictor.labels(read_rgb(path)))
+
+
+def test_predictor_serves_the_prepared_model_with_the_same_scores(predictor):
+    """The predictor folds BatchNorm (inference.prepare); its scores are the model's as built."""
+    model, variables = _demo_model_and_variables()
+    assert "batch_stats" in variables and "batch_stats" not in predictor.variables
+    images = jnp.asarray(photograph(65)[None])  # a bucket size: the predictor pads nothing
+    built = predict_logits(model, variables, images.astype(jnp.float32), predictor.options)
+    served = predictor._logits(predictor.variables, images)
+    assert float(jnp.linalg.norm(served - built) / jnp.linalg.norm(built)) <= 1e-4
+    np.testing.assert_array_equal(predictor.labels(np.asarray(images[0])),
+                                  np.asarray(jnp.argmax(built[0], -1)))
+
+
+@pytest.mark.parametrize("method", ["separable", "permutohedral"])
+def test_predict_command_takes_the_crf_method(method):
+    _, params, chosen = predict.test_time(None, crf=True, crf_method=method)
+    assert chosen == method and params is not None
+    assert predict.test_time(None, crf=True)[2] == "meanfield"

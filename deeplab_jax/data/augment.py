@@ -1,6 +1,6 @@
 """Per-example preprocessing as grain transforms (host side, numpy + OpenCV).
 
-Training (paper 002, §4.1.2 and the released recipe): random scale in [0.5, 1.5] (bilinear for the
+Training (DeepLab-v2, §4.1.2 and the released recipe): random scale in [0.5, 1.5] (bilinear for the
 image, nearest for the label), pad to at least the crop size with the mean colour (image) and the
 ignore label (label), random crop, random left-right flip. Images stay uint8 so host work and
 host->device transfer are halved; normalisation happens inside the jitted step.

@@ -2,7 +2,7 @@
 eval sizes, where the data come from (download sources, manual-directory layout and instructions).
 
 Configs, models, the builders (deeplab_jax/data/builders/) and the demo generator read these facts
-from here and never retype them. Split sizes are those of the official releases (paper 002,
+from here and never retype them. Split sizes are those of the official releases (DeepLab-v2,
 §4.1-4.4) and are asserted when a builder reads the real data. `tfds_name` names the TFDS builder
 (and config). Public releases download themselves through TFDS's download manager (`ARCHIVES`); the
 SHA-256 of each archive, where one is published, is in builders/checksums.tsv (the TFDS convention:
@@ -189,28 +189,28 @@ DATASETS: Dict[str, DatasetDescriptor] = {
         eval_split="val", crop_size=(DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE),
         eval_size=(DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE), palette=palettes.voc_palette(),
         generated=True),
-    # Paper 002 §4.1.
+    # DeepLab-v2 §4.1.
     "voc2012": DatasetDescriptor(
         name="voc2012", tfds_name="voc2012_segmentation/default",
         splits={"train": 1464, "val": 1449, "trainval": 2913}, downloads=VOC_DOWNLOADS[:1], **_VOC),
     "voc2012_trainaug": DatasetDescriptor(
         name="voc2012_trainaug", tfds_name="voc2012_segmentation/trainaug",
         splits={"train": 10582, "val": 1449}, downloads=VOC_DOWNLOADS, **_VOC),
-    # Paper 002 §4.2: 59 most frequent classes + background, VOC 2010 images (<= 500x500).
+    # DeepLab-v2 §4.2: 59 most frequent classes + background, VOC 2010 images (<= 500x500).
     "pascal_context": DatasetDescriptor(
         name="pascal_context", tfds_name="pascal_context", num_classes=60,
         class_names=label_maps.CONTEXT_60_CLASSES, splits={"train": 4998, "val": 5105},
         train_split="train", eval_split="val", crop_size=(321, 321), eval_size=(513, 513),
         palette=palettes.voc_palette(), manual_instructions=CONTEXT_INSTRUCTIONS,
         layout=CONTEXT_LAYOUT, downloads=CONTEXT_DOWNLOADS),
-    # Paper 002 §4.3: 6 person parts + background; images with persons only.
+    # DeepLab-v2 §4.3: 6 person parts + background; images with persons only.
     "person_part": DatasetDescriptor(
         name="person_part", tfds_name="pascal_person_part", num_classes=7,
         class_names=label_maps.PERSON_PART_CLASSES, splits={"train": 1716, "val": 1817},
         train_split="train", eval_split="val", crop_size=(321, 321), eval_size=(513, 513),
         palette=palettes.voc_palette(), manual_instructions=PERSON_PART_INSTRUCTIONS,
         layout=PERSON_PART_LAYOUT),
-    # Paper 002 §4.4: 19 classes at full 2048x1024 resolution; the paper gives no crop size:
+    # DeepLab-v2 §4.4: 19 classes at full 2048x1024 resolution; the paper gives no crop size:
     # 769x769 random crops as in the later DeepLab releases, full images at evaluation.
     "cityscapes": DatasetDescriptor(
         name="cityscapes", tfds_name="cityscapes_semantic", num_classes=19,
@@ -219,7 +219,7 @@ DATASETS: Dict[str, DatasetDescriptor] = {
         crop_size=(769, 769), eval_size=(1024, 2048),
         palette=palettes.full_palette(palettes.CITYSCAPES_COLORS),
         manual_instructions=CITYSCAPES_INSTRUCTIONS, layout=CITYSCAPES_LAYOUT),
-    # MS-COCO pre-training (paper 002 §4.1.2) on COCO-Stuff labels; COCO images are <= 640 px.
+    # MS-COCO pre-training (DeepLab-v2 §4.1.2) on COCO-Stuff labels; COCO images are <= 640 px.
     "coco_stuff164k": DatasetDescriptor(
         name="coco_stuff164k", tfds_name="coco_stuff164k", num_classes=171,
         class_names=label_maps.COCO_STUFF_CLASSES, splits={"train": 118287, "val": 5000},

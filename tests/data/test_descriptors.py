@@ -8,7 +8,7 @@ from deeplab_jax.data.builders import label_maps
 
 
 @pytest.mark.parametrize("name, classes, splits", [
-    ("voc2012", 21, {"train": 1464, "val": 1449, "trainval": 2913}),       # paper 002 §4.1
+    ("voc2012", 21, {"train": 1464, "val": 1449, "trainval": 2913}),       # DeepLab-v2 §4.1
     ("voc2012_trainaug", 21, {"train": 10582, "val": 1449}),               # §4.1
     ("pascal_context", 60, {"train": 4998, "val": 5105}),                  # §4.2
     ("person_part", 7, {"train": 1716, "val": 1817}),                      # §4.3

@@ -30,7 +30,7 @@ def test_merge_of_pascal_part_annotations(tmp_path, rng, build):
     manual = tmp_path / "manual"
     layouts.write_person_part_release(manual, rng, {})  # lists + images; labels come from .mat
     shape = (layouts.HEIGHT, layouts.WIDTH)
-    # Hand-written merge (paper 002 §4.3): name -> class.
+    # Hand-written merge (DeepLab-v2 §4.3): name -> class.
     merged_class = {"head": 1, "hair": 1, "leye": 1, "reye": 1, "lear": 1, "rear": 1,
                     "lebrow": 1, "rebrow": 1, "nose": 1, "mouth": 1, "torso": 2, "neck": 2,
                     "luarm": 3, "ruarm": 3, "llarm": 4, "rlarm": 4, "lhand": 4, "rhand": 4,

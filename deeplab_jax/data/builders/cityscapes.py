@@ -1,6 +1,6 @@
 """TFDS builder `cityscapes_semantic`: Cityscapes fine annotations with the 19 training classes.
 
-Paper 002 §4.4: 2048x1024 street scenes from 50 cities; 19 classes evaluated (void ignored);
+DeepLab-v2 §4.4: 2048x1024 street scenes from 50 cities; 19 classes evaluated (void ignored);
 train 2,975 / val 500 / test 1,525. TFDS's own Cityscapes builder needs TensorFlow and keeps raw
 labelIds; this one maps *_gtFine_labelIds.png to trainIds (cityscapesScripts labels.py, see
 label_maps.CITYSCAPES_LABELS): the 19 classes become 0-18, everything else 255. The test split's

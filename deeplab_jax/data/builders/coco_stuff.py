@@ -1,6 +1,6 @@
 """TFDS builder `coco_stuff164k`: COCO-Stuff on the COCO 2017 images, 171 classes.
 
-DeepLab pre-trains on MS-COCO before PASCAL (paper 002 §4.1.2); COCO-Stuff (Caesar et al. 2018)
+DeepLab pre-trains on MS-COCO before PASCAL (DeepLab-v2 §4.1.2); COCO-Stuff (Caesar et al. 2018)
 labels all 164k COCO images with 80 thing + 91 stuff classes. The stuffthingmaps_trainval2017
 PNGs hold labels.md id - 1 (0-181) and 255 for unlabeled; 11 of the 182 ids were removed from
 COCO and never occur, so the 171 used ids are renumbered 0-170 in labels.md order

@@ -4,11 +4,11 @@ Sources, one per table (read, not copied as code):
 - Cityscapes labelId -> trainId: cityscapesScripts `cityscapesscripts/helpers/labels.py` (the
   `labels` table, ids 0-33; 'license plate' has id -1 and never appears in *_labelIds.png).
 - PASCAL-Context: the release's labels.txt (459 classes, "id: name", ids 1-459 in alphabetical
-  order; LabelMap value 0 = unlabelled) and 59_labels.txt (the 59 most frequent classes, paper 002
+  order; LabelMap value 0 = unlabelled) and 59_labels.txt (the 59 most frequent classes, DeepLab-v2
   §4.2). Cross-checked against the 459 ids used by the Detail-API converters (PyTorch-Encoding,
   MMSegmentation's pascal_context.py): see tests/data/test_label_maps.py.
 - PASCAL-Person-Part: part names of the PASCAL-Part release (Chen et al. 2014, part2ind.m, person
-  entries) merged into head, torso, upper/lower arms, upper/lower legs (paper 002 §4.3); class ids
+  entries) merged into head, torso, upper/lower arms, upper/lower legs (DeepLab-v2 §4.3); class ids
   as in the Person-Part release of Chen et al. (pascal_person_part_gt: 0 background, 1 head,
   2 torso, 3 upper arms, 4 lower arms, 5 upper legs, 6 lower legs).
 - COCO-Stuff: cocostuff `labels.md` (ids 1-182; 0 unlabeled; 11 thing ids removed from COCO).

@@ -1,6 +1,6 @@
 """TFDS builder `pascal_context`: PASCAL-Context, 59 most frequent classes + background (60).
 
-Paper 002 §4.2 (following Mottaghi et al. 2014): whole-scene labels on the PASCAL VOC 2010 images;
+DeepLab-v2 §4.2 (following Mottaghi et al. 2014): whole-scene labels on the PASCAL VOC 2010 images;
 evaluated on the 59 most frequent classes plus one background class; train 4,998 / val 5,105 (the
 VOC 2010 ImageSets/Main train / val lists).
 

@@ -1,6 +1,6 @@
 """TFDS builder `pascal_person_part`: PASCAL-Person-Part, 6 person parts + background (7 classes).
 
-Paper 002 §4.3: the PASCAL-Part annotations of Chen et al. (2014) on VOC 2010 images, person parts
+DeepLab-v2 §4.3: the PASCAL-Part annotations of Chen et al. (2014) on VOC 2010 images, person parts
 merged into head, torso, upper arms, lower arms, upper legs, lower legs; only images containing
 persons: train 1,716 / val 1,817.
 

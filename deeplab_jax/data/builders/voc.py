@@ -1,6 +1,6 @@
 """TFDS builder `voc2012_segmentation`: PASCAL VOC 2012 segmentation, and the SBD 'trainaug' set.
 
-Paper 002 §4.1: 20 object classes + background; 1,464 train / 1,449 val pixel-labelled images,
+DeepLab-v2 §4.1: 20 object classes + background; 1,464 train / 1,449 val pixel-labelled images,
 augmented with the SBD annotations of Hariharan et al. to 10,582 'trainaug' training images.
 
 Configs:

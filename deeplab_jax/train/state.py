@@ -19,7 +19,7 @@ from deeplab_jax import experiment, storage
 from deeplab_jax.data.datasets import DatasetDescriptor
 from deeplab_jax.parallel import mesh as mesh_lib
 from deeplab_jax.parallel import partitioning
-from deeplab_jax.train import checkpoint, optim
+from deeplab_jax.train import checkpoint, init_weights, optim
 
 # Parameters do not depend on the image size: the state is traced at a small dummy size.
 INIT_IMAGE_SIZE = (65, 65)
@@ -108,10 +108,13 @@ def load_trained(config, workdir) -> TrainedModel:
     """The evaluation model and the variables of the newest checkpoint in `workdir` (local or
     gs://).
 
-    The checkpoint is verified (readable, unchanged since it was written, finite): a damaged or
-    diverged one raises `checkpoint.CheckpointError` / `finite.NonFiniteError` naming it, rather
-    than serving wrong or NaN weights (a model with NaN weights predicts class 0 everywhere).
+    The model is built in the layout the run trained with (its config.json, `init_weights.
+    adopt_run_layout`), so callers pass the config as the user gave it. The checkpoint is verified
+    (readable, unchanged since it was written, finite): a damaged or diverged one raises
+    `checkpoint.CheckpointError` / `finite.NonFiniteError` naming it, rather than serving wrong or
+    NaN weights (a model with NaN weights predicts class 0 everywhere).
     """
+    config = init_weights.adopt_run_layout(config, workdir)
     mesh = mesh_lib.create_mesh()
     descriptor = experiment.dataset_descriptor(config)
     model = experiment.create_model(config, descriptor, for_eval=True)

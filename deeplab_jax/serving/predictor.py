@@ -15,6 +15,7 @@ itself. Other wide formats (32-bit integer, float) are refused with a message. P
 `etils.epath`, so inputs and outputs may be URLs (gs://...).
 """
 
+import collections
 import io
 
 import jax
@@ -24,6 +25,7 @@ from etils import epath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from deeplab_jax import storage
 from deeplab_jax.crf import dense_crf
 from deeplab_jax.inference import TestTimeOptions, predict_logits, prepare_if_unfolded
 from deeplab_jax.serving import visualize
@@ -120,25 +122,17 @@ def output_names(names):
     """Output names without extensions (subfolders kept); an extension stays where two inputs
     would otherwise share a name (x.jpg and x.png in one folder)."""
     stems = [name.rsplit(".", 1)[0] for name in names]
-    return [name if stems.count(stem) > 1 else stem for name, stem in zip(names, stems)]
-
-
-def _save(image, path, **kwargs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    image.save(buffer, **kwargs)
-    path.write_bytes(buffer.getvalue())
+    counts = collections.Counter(stems)
+    return [name if counts[stem] > 1 else stem for name, stem in zip(names, stems)]
 
 
 def write_outputs(output_dir, name, image, probs_HxWxK, palette, probabilities=False):
     """<name>.png (palette label map), <name>_overlay.jpg and, if asked, <name>_probs.npy."""
-    output_dir = epath.Path(output_dir)
+    output_dir = storage.as_path(output_dir)
     labels = probs_HxWxK.argmax(-1).astype(np.uint8)
-    label_png = Image.fromarray(labels)  # 'L'; a palette makes it 'P' with the ids unchanged
-    label_png.putpalette(np.asarray(palette, np.uint8).ravel().tolist())
-    _save(label_png, output_dir / f"{name}.png", format="PNG")
-    _save(Image.fromarray(visualize.overlay(image, labels, palette)),
-          output_dir / f"{name}_overlay.jpg", format="JPEG", quality=90)
+    visualize.save_label_png(output_dir / f"{name}.png", labels, palette)
+    visualize.save_jpeg(output_dir / f"{name}_overlay.jpg",
+                        visualize.overlay(image, labels, palette), quality=90)
     if probabilities:
         buffer = io.BytesIO()
         np.save(buffer, probs_HxWxK.astype(np.float16))

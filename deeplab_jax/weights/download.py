@@ -25,6 +25,7 @@ import zipfile
 
 from tqdm import tqdm
 
+from deeplab_jax.data.builders.files import stays_inside
 from deeplab_jax.weights.mapping import WeightImportError
 
 CHUNK = 1 << 20
@@ -123,18 +124,6 @@ def verify(path, url, *, size_mb=None, size_tolerance=0.0, sha256=None, sha256_p
     return actual
 
 
-def _inside(name, directory):
-    """True when archive member `name` stays inside `directory` once joined to it."""
-    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return False
-    parts = name.replace("\\", "/").split("/")
-    if ".." in parts:
-        return False
-    target = os.path.realpath(os.path.join(directory, *parts))
-    root = os.path.realpath(directory)
-    return target == root or target.startswith(root + os.sep)
-
-
 def _link_inside(name, link_target, directory, hard):
     """A link member whose target stays inside `directory`: a symbolic link resolves from its
     own folder, a hard link names another member of the archive."""
@@ -142,7 +131,7 @@ def _link_inside(name, link_target, directory, hard):
         return False
     base = "" if hard else posixpath.dirname(name)
     joined = posixpath.normpath(posixpath.join(base, link_target.replace("\\", "/")))
-    return _inside(joined, directory)
+    return stays_inside(joined, directory)
 
 
 def _wanted(name, wanted):
@@ -180,7 +169,7 @@ def _extract_tar(archive, directory, wanted):
         except (tarfile.TarError, OSError, EOFError) as error:
             raise FetchError(f"{archive}: corrupt tar archive ({error})") from None
         for member in members:
-            if not _inside(member.name, directory):
+            if not stays_inside(member.name, directory):
                 raise _refuse(archive, member.name, "has an absolute path or '..'")
             if (member.issym() or member.islnk()) and not _link_inside(
                     member.name, member.linkname, directory, member.islnk()):
@@ -207,7 +196,7 @@ def _extract_zip(archive, directory, wanted):
     with zf:
         infos = zf.infolist()
         for info in infos:
-            if not _inside(info.filename, directory):
+            if not stays_inside(info.filename, directory):
                 raise _refuse(archive, info.filename, "has an absolute path or '..'")
             if stat.S_ISLNK(info.external_attr >> 16):
                 link_target = zf.read(info).decode("utf-8", "replace")

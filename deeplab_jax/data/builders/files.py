@@ -29,14 +29,25 @@ def read_id_list(path: str) -> List[str]:
         return [line.split()[0] for line in stream if line.strip()]
 
 
-def _inside(destination: str, name: str) -> str:
-    """The path `name` extracts to; ArchiveError if it would land outside `destination`."""
+def stays_inside(name: str, destination: str) -> bool:
+    """True when archive member `name`, joined to `destination`, stays inside it: not absolute
+    (POSIX, Windows drive or backslash), no '..' part, and no symbolic link on the way out.
+    The one containment rule of every archive this package unpacks (data sets and weights)."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return False
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        return False
+    target = os.path.realpath(os.path.join(destination, *parts))
     root = os.path.realpath(destination)
-    target = os.path.realpath(os.path.join(root, name))
-    if os.path.isabs(name) or os.path.commonpath([root, target]) != root:
+    return target == root or target.startswith(root + os.sep)
+
+
+def _inside(destination: str, name: str) -> None:
+    """ArchiveError if member `name` would land outside `destination`."""
+    if not stays_inside(name, destination):
         raise ArchiveError(f"archive member {name!r} would be written outside {destination}; "
                            "refusing to extract this archive")
-    return target
 
 
 def extract_members(archive: str, prefixes: Sequence[str], destination: str):

@@ -14,12 +14,12 @@ import json
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from deeplab_jax.finite import non_finite_leaves
 from deeplab_jax.weights.mapping import WeightImportError, compile_patterns, flatten, unflatten
 
 MODEL_INFO_FILE = "deeplab_model.json"
@@ -61,20 +61,10 @@ def _jsonable(value):
 def check_finite(variables, where):
     """Raises WeightImportError naming `where` and the tensors holding NaN or infinite values.
 
-    Works on numpy and (sharded) jax arrays alike; for jax arrays only one boolean per tensor
-    leaves the device.
+    `finite.non_finite_leaves` does the work: numpy arrays on the host, (sharded) jax arrays with
+    one jitted reduction per tensor, so only one boolean per tensor leaves the device.
     """
-    bad = []
-    for name, leaf in flatten(variables).items():
-        if isinstance(leaf, jax.Array):
-            finite = bool(jnp.all(jnp.isfinite(leaf))) if jnp.issubdtype(
-                leaf.dtype, jnp.inexact) else True
-        else:
-            array = np.asarray(leaf)
-            finite = bool(np.all(np.isfinite(array))) if np.issubdtype(
-                array.dtype, np.inexact) else True
-        if not finite:
-            bad.append(name)
+    bad = non_finite_leaves(variables)
     if bad:
         listed = ", ".join(bad[:_LISTED]) + (f" and {len(bad) - _LISTED} more"
                                               if len(bad) > _LISTED else "")

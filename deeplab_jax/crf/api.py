@@ -63,13 +63,12 @@ def auto_method(backend=None, traced=False):
     """The method `method="auto"` runs on `backend` (default: JAX's default backend, "cpu" when JAX
     is absent); `traced`: the inputs are JAX tracers (inside jit, vmap or grad).
 
-    * cpu: "permutohedral" (exact, and about as fast as the others at VOC size: 0.67-0.97x
-      pydensecrf2's time against 0.79-1.28x for "meanfield" and 0.58-1.1x for "separable", by
-      machine load, benchmarks/README.md "Dense CRF", 2-core VM); under tracing "meanfield"
+    * cpu: "permutohedral" (exact; 0.67-0.97x pydensecrf2's time at VOC size against 0.79-1.28x
+      for "meanfield", benchmarks/README.md "Dense CRF", 2-core VM); under tracing "meanfield"
       (jit/vmap/grad, 99.8% labels equal to the exact CRF), since the host method has no
-      gradient. "separable" is 5x faster on small images (129x129: 15 ms against 69 ms exact) but
-      keeps only part of the CRF's mIoU gain at the paper's parameters, so it is never chosen
-      automatically on a CPU.
+      gradient. "separable" is faster (0.39-0.50x at VOC size on a quiet machine; 129x129: 15 ms
+      against 69 ms exact) but keeps only part of the CRF's mIoU gain at the paper's parameters,
+      so it is never chosen automatically on a CPU.
     * tpu: "separable": its program is matrix products, elementwise maths and loops (checked: no
       sort, scatter or 64-bit integer in its lowered HLO, tests/crf/test_separable.py), while the
       lattice needs a 64-bit key sort and scatter-adds, which TPUs lack or emulate slowly. Not

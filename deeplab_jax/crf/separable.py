@@ -50,11 +50,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from deeplab_jax.crf import meanfield
+from deeplab_jax.crf.fast_math import exp_nonpositive, softmax_over_classes
 from deeplab_jax.crf.params import CRFParams, register_pytree
 
 register_pytree()
 
 _NORM_EPS = 1e-20  # as meanfield (the C++ NORMALIZE_SYMMETRIC)
+_NORM_CHANNELS = 8  # channels of the normalisation's filter input (see `prepare`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,27 +147,6 @@ def _targets(padded_LxPxC, geo):
     lines, _, channels = padded_LxPxC.shape
     return padded_LxPxC[:, geo.left:geo.left + geo.num_blocks * geo.block].reshape(
         lines, geo.num_blocks, geo.block, channels)
-
-
-# 2^f on [0, 1): degree-5 polynomial fitted for relative error (max 1.9e-7, float32's own size).
-_EXP2_COEFFS = (1.0, 0.6931516, 0.24016437, 0.05579373, 0.00903118, 0.00185875)
-
-
-def exp_nonpositive(x):
-    """exp(x) for x <= 0 as 2^n * p(f): elementwise float and int32 bit arithmetic only.
-
-    XLA:CPU's exp took 3.7 ns per element on the 2-core VM (48M exps: 178 ms), which made building
-    the weights cost more than all ten iterations; this is several times faster and as accurate in
-    float32 (relative error < 3e-7). Underflows to 0 below exp(-87).
-    """
-    y = jnp.maximum(x, -87.0) * np.float32(1.4426950408889634)  # log2(e)
-    n = jnp.floor(y)
-    f = y - n
-    p = np.float32(_EXP2_COEFFS[-1])
-    for c in _EXP2_COEFFS[-2::-1]:
-        p = p * f + np.float32(c)
-    scale = jax.lax.bitcast_convert_type((n.astype(jnp.int32) + 127) << 23, jnp.float32)
-    return jnp.where(x < -87.0, 0.0, scale * p)
 
 
 def build_weights(colours_LxNx3, geo, xy_std, truncation, dtype):
@@ -360,8 +341,12 @@ def prepare(image_HxWx3, probs_HxWxK, bi_xy_std, bi_rgb_std, *, pos_xy_std, lay,
         columns = Pass(build_weights(colours.transpose(1, 0, 2), lay.column, bi_xy_std,
                                      options.truncation, dtype))
     prepared = Prepared(neg_unary, spatial_norm, None, valid, colours, rows, columns)
+    # F(1) filtered as 8 identical channels: with one channel XLA:CPU turns the products into
+    # matrix-vector products that it computes after converting all the weights to float32 (~240
+    # MB at VOC size), which made `prepare` 1.7x slower (benchmarks/README.md).
+    ones = jnp.broadcast_to(valid, (height, width, _NORM_CHANNELS))
     bilateral_norm = 1.0 / jnp.sqrt(
-        separable_filter(prepared, valid, lay, bi_xy_std, options) + _NORM_EPS)
+        separable_filter(prepared, ones, lay, bi_xy_std, options)[..., :1] + _NORM_EPS)
     return prepared._replace(bilateral_norm=bilateral_norm)
 
 
@@ -376,13 +361,14 @@ def iterate(prepared, pos_w, bi_w, *, pos_xy_std, bi_xy_std, iterations, lay, op
         spatial = prepared.spatial_norm * meanfield.spatial_filter(spatial_scale * q, pos_xy_std)
 
         def update(bilateral, take):  # on each chunk of pixels as the bilateral pass ends
-            return jax.nn.softmax(take(prepared.neg_unary) + pos_w * take(spatial)
-                                  + bi_w * (take(prepared.bilateral_norm) * bilateral))
+            return softmax_over_classes(take(prepared.neg_unary) + pos_w * take(spatial)
+                                        + bi_w * (take(prepared.bilateral_norm) * bilateral))
 
         return separable_filter(prepared, q, lay, bi_xy_std, options, scale=bilateral_scale,
                                 epilogue=update), None
 
-    q, _ = jax.lax.scan(iteration, jax.nn.softmax(prepared.neg_unary), None, length=iterations)
+    q, _ = jax.lax.scan(iteration, softmax_over_classes(prepared.neg_unary), None,
+                        length=iterations)
     return q
 
 

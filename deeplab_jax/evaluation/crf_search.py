@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -145,14 +146,14 @@ def search(images, probs, labels, num_classes, ignore_label=255, coarse_grid=Non
         min(v for v in (min(grid[f]) - (steps[f] if refine else 0.0), min(grid[f])) if v > 0)
         for f in ("bi_xy_std", "bi_rgb_std")) + (
         max(grid["bi_xy_std"]) + (steps["bi_xy_std"] if refine else 0.0),)
+    data = _Images(images, probs, labels, masks)
+    sweep = _Sweep(num_classes, ignore_label, iterations, layout_stds, engine, confusion_matrix)
     rows, scored = [], {}
     rounds = [grid]
     while rounds:
         current = rounds.pop(0)
-        for params, confusion in _evaluate_grid(images, probs, labels, masks, num_classes,
-                                                ignore_label, current, iterations, batch_size,
-                                                progress, engine, confusion_matrix,
-                                                scored, layout_stds):
+        for params, confusion in _evaluate_grid(data, current, sweep, batch_size, progress,
+                                                scored):
             score = miou(confusion)
             scored[params] = score
             rows.append((params, score))
@@ -163,15 +164,54 @@ def search(images, probs, labels, num_classes, ignore_label=255, coarse_grid=Non
     return SearchResult(rows=rows, best=best, best_miou=best_miou, baseline_miou=miou(baseline))
 
 
-def _evaluate_grid(images, probs, labels, masks, num_classes, ignore_label, grid, iterations,
-                   batch_size, progress, engine, confusion_matrix, already_scored, layout_stds):
+class _Images(typing.NamedTuple):
+    """The search's data: lists (or batches, [B, ...] arrays) of images, probabilities, labels,
+    masks of the pixels that are scored and take part in messages, and (batches) which images are
+    real rather than padding."""
+
+    images: typing.Any
+    probs: typing.Any
+    labels: typing.Any
+    masks: typing.Any
+    valid: typing.Any = None
+
+    def batch(self, indices, size):
+        """The images at `indices` stacked, the last one repeated up to `size` (marked invalid)."""
+        padded = list(indices) + [indices[0]] * (size - len(indices))
+        return _Images(np.stack([self.images[i] for i in padded]),
+                       np.stack([np.asarray(self.probs[i], np.float32) for i in padded]),
+                       np.stack([np.asarray(self.labels[i], np.int32) for i in padded]),
+                       np.stack([self.masks[i] for i in padded]),
+                       np.arange(size) < len(indices))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sweep:
+    """Static settings of one compiled sweep (hashable: a `jax.jit` static argument).
+
+    layout_stds: lower bounds of sigma_alpha and sigma_beta over the search (the lattice's key
+    packing) and the upper bound of sigma_alpha (the separable filter's band). capacity: lattice
+    vertices reserved per image (meanfield only).
+    """
+
+    num_classes: int
+    ignore_label: int
+    iterations: int
+    layout_stds: tuple
+    engine: Engine
+    confusion_matrix: typing.Callable
+    pos_xy_std: float | None = None  # set per job (theta_gamma is static: one compilation each)
+    capacity: int = 0
+
+
+def _evaluate_grid(data, grid, sweep, batch_size, progress, already_scored):
     """Yields (CRFParams, summed confusion matrix) for every grid point not scored before.
 
     One jitted call per (batch of same-size images, sigma_alpha, sigma_beta); the weights are a
     vmapped axis padded to a power of two, so both rounds of the search share compilations.
     """
     by_size = collections.defaultdict(list)
-    for index, image in enumerate(images):
+    for index, image in enumerate(data.images):
         by_size[image.shape[:2]].append(index)
     weight_values = list(itertools.product(grid["bi_w"], grid["pos_w"]))
     padded_weights = 1 << max(2, (len(weight_values) - 1).bit_length())
@@ -182,30 +222,23 @@ def _evaluate_grid(images, probs, labels, masks, num_classes, ignore_label, grid
     jobs = []
     for pos_xy_std, xy_std, rgb_std in itertools.product(grid["pos_xy_std"], grid["bi_xy_std"],
                                                          grid["bi_rgb_std"]):
-        candidates = [CRFParams(iterations, float(bi_w), float(xy_std), float(rgb_std),
+        candidates = [CRFParams(sweep.iterations, float(bi_w), float(xy_std), float(rgb_std),
                                 float(pos_w), float(pos_xy_std)) for bi_w, pos_w in weight_values]
         if not all(c in already_scored for c in candidates):
             jobs.append((candidates, float(pos_xy_std), np.array([xy_std, rgb_std], np.float32)))
     bar = _progress(len(jobs) * len(batches), progress)
     results = []
     for candidates, pos_xy_std, sigma in jobs:
-        total = np.zeros((padded_weights, num_classes, num_classes), np.int64)
+        total = np.zeros((padded_weights, sweep.num_classes, sweep.num_classes), np.int64)
         for (height, width), indices in batches:
-            padded = indices + [indices[0]] * (batch_size - len(indices))
-            valid = np.array([i < len(indices) for i in range(batch_size)])
-            args = (np.stack([images[i] for i in padded]),
-                    np.stack([np.asarray(probs[i], np.float32) for i in padded]),
-                    np.stack([np.asarray(labels[i], np.int32) for i in padded]),
-                    np.stack([masks[i] for i in padded]), valid, sigma, weights)
-            static = dict(num_classes=num_classes, ignore_label=ignore_label,
-                          pos_xy_std=pos_xy_std, iterations=iterations,
-                          layout_stds=layout_stds, confusion_matrix=confusion_matrix,
-                          engine=engine)
-            capacity = (int(math.ceil(engine.capacity_factor * height * width))
-                        if engine.method == "meanfield" else 0)
-            confusions, needed = _sweep(*args, capacity=capacity, **static)
+            batch = data.batch(indices, batch_size)
+            capacity = (int(math.ceil(sweep.engine.capacity_factor * height * width))
+                        if sweep.engine.method == "meanfield" else 0)
+            static = dataclasses.replace(sweep, pos_xy_std=pos_xy_std, capacity=capacity)
+            confusions, needed = _sweep(batch, sigma, weights, static)
             if int(needed) > capacity:
-                confusions, _ = _sweep(*args, capacity=6 * height * width, **static)
+                confusions, _ = _sweep(batch, sigma, weights,
+                                       dataclasses.replace(static, capacity=6 * height * width))
             total += np.asarray(confusions, np.int64)
             bar.update(1)
         results += [(c, total[i]) for i, c in enumerate(candidates) if c not in already_scored]
@@ -213,20 +246,16 @@ def _evaluate_grid(images, probs, labels, masks, num_classes, ignore_label, grid
     return results
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "num_classes", "ignore_label", "pos_xy_std", "iterations", "layout_stds", "capacity",
-    "confusion_matrix", "engine"))
-def _sweep(images_BxHxWx3, probs_BxHxWxK, labels_BxHxW, masks_BxHxW, valid_B, sigma_2,
-           weights_Wx2, *,
-           num_classes, ignore_label, pos_xy_std, iterations, layout_stds, capacity,
-           confusion_matrix, engine):
-    """Confusion matrices [W, K, K] summed over the valid images, and the largest lattice size
-    (0 for the separable engine, which has no lattice)."""
+@functools.partial(jax.jit, static_argnames=("sweep",))
+def _sweep(batch, sigma_2, weights_Wx2, sweep):
+    """Confusion matrices [W, K, K] summed over the batch's valid images, and the largest lattice
+    size (0 for the separable engine, which has no lattice)."""
+    engine, pos_xy_std = sweep.engine, sweep.pos_xy_std
 
     def one_image(image, probs, labels, mask):
         if engine.method == "separable":
             options = engine.separable_options
-            lay = separable.layout(*image.shape[:2], layout_stds[2], options)
+            lay = separable.layout(*image.shape[:2], sweep.layout_stds[2], options)
             prepared = separable.prepare(image, probs, sigma_2[0], sigma_2[1],
                                          pos_xy_std=pos_xy_std, lay=lay, options=options,
                                          valid_HxW=mask)
@@ -235,22 +264,24 @@ def _sweep(images_BxHxWx3, probs_BxHxWxK, labels_BxHxW, masks_BxHxW, valid_B, si
             num_vertices = jnp.zeros((), jnp.int32)
         else:
             prepared = meanfield.prepare(image, probs, sigma_2[0], sigma_2[1],
-                                         pos_xy_std=pos_xy_std, capacity=capacity,
-                                         layout_stds=layout_stds[:2], valid_HxW=mask)
+                                         pos_xy_std=pos_xy_std, capacity=sweep.capacity,
+                                         layout_stds=sweep.layout_stds[:2], valid_HxW=mask)
             iterate = functools.partial(meanfield.iterate, prepared)
             num_vertices = prepared.lattice.num_vertices
 
         def one_weight(weight_2):
-            q = iterate(weight_2[1], weight_2[0], pos_xy_std=pos_xy_std, iterations=iterations)
-            scored = jnp.where(mask, labels, ignore_label)
-            return confusion_matrix(scored, jnp.argmax(q, axis=-1), num_classes, ignore_label)
+            q = iterate(weight_2[1], weight_2[0], pos_xy_std=pos_xy_std,
+                        iterations=sweep.iterations)
+            scored = jnp.where(mask, labels, sweep.ignore_label)
+            return sweep.confusion_matrix(scored, jnp.argmax(q, axis=-1), sweep.num_classes,
+                                          sweep.ignore_label)
 
         return jax.vmap(one_weight)(weights_Wx2), num_vertices
 
-    confusions, num_vertices = jax.vmap(one_image)(images_BxHxWx3, probs_BxHxWxK, labels_BxHxW,
-                                                   masks_BxHxW)
-    keep = valid_B[:, None, None, None].astype(confusions.dtype)
-    return jnp.sum(confusions * keep, axis=0), jnp.max(jnp.where(valid_B, num_vertices, 0))
+    confusions, num_vertices = jax.vmap(one_image)(batch.images, batch.probs, batch.labels,
+                                                   batch.masks)
+    keep = batch.valid[:, None, None, None].astype(confusions.dtype)
+    return jnp.sum(confusions * keep, axis=0), jnp.max(jnp.where(batch.valid, num_vertices, 0))
 
 
 def _as_lists(images, probs, labels, num_classes):

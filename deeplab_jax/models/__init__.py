@@ -24,6 +24,7 @@ upsampling.
 """
 
 from deeplab_jax.models.backbones.resnet import ResNetSpec
+from deeplab_jax.models.backbones.vgg import VGGSpec
 from deeplab_jax.models.backbones.xception import XceptionSpec
 from deeplab_jax.models.deeplab import CommonSpec, DeepLab
 from deeplab_jax.models.heads.aspp import ASPPV2Spec
@@ -78,6 +79,7 @@ __all__ = [
     "ResNetSpec",
     "SeparableConvBN",
     "VGGHeadSpec",
+    "VGGSpec",
     "XceptionSpec",
     "accepted_overrides",
     "build_resnet_deeplab",

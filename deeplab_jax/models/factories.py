@@ -3,7 +3,7 @@
 Every builder is `build_*(num_classes, *, <specs>) -> DeepLab` and takes, by keyword, a
 `CommonSpec` (output stride, multi-scale inputs, input normalisation, pooling rule, remat, compute
 dtype), a `NormConfig` (BatchNorm) and the specs of its backbone and head:
-- `build_v1_deeplab`: VGG-16 (`VGGHeadSpec`): fc6-fc7-fc8 (DeepLab-v1 and LargeFOV, v2 paper
+- `build_v1_deeplab`: VGG-16 (`VGGSpec`, `VGGHeadSpec`): fc6-fc7-fc8 (DeepLab-v1 and LargeFOV, v2 paper
   §4.1.1 Table 1) or the VGG ASPP (§4.1.2, Fig. 7); output stride 8 only;
 - `build_v2_deeplab`: atrous ResNet (`ResNetSpec`) + v2 ASPP (`ASPPV2Spec`: summed 3x3
   classifiers, §3.2; one rate is LargeFOV);
@@ -17,7 +17,7 @@ output stride, so a model trained at OS 16 is evaluated at OS 8 with the same va
 """
 
 from deeplab_jax.models.backbones.resnet import ResNet, ResNetSpec
-from deeplab_jax.models.backbones.vgg import VGG16
+from deeplab_jax.models.backbones.vgg import VGG16, VGGSpec
 from deeplab_jax.models.backbones.xception import Xception, XceptionSpec
 from deeplab_jax.models.deeplab import CommonSpec, DeepLab
 from deeplab_jax.models.heads.aspp import ASPPV2, ASPPV2Spec
@@ -45,8 +45,8 @@ def _deeplab(common, *, backbone, head, point_head=None):
                    resize_convention=common.resize_convention)
 
 
-def build_v1_deeplab(num_classes: int, *, head: VGGHeadSpec, common: CommonSpec,
-                     norm: NormConfig):
+def build_v1_deeplab(num_classes: int, *, backbone: VGGSpec, head: VGGHeadSpec,
+                     common: CommonSpec, norm: NormConfig):
     """DeepLab-v1 on VGG-16 (output stride 8); `head.aspp_rates` selects the VGG ASPP head.
 
     `norm` is taken for a uniform interface but has no effect: VGG-16 has no BatchNorm.
@@ -57,8 +57,8 @@ def build_v1_deeplab(num_classes: int, *, head: VGGHeadSpec, common: CommonSpec,
             f"output_stride={common.output_stride!r}: the VGG-16 DeepLab-v1 models exist only at "
             "output stride 8 (pool4/pool5 stride 1, conv5 rate 2); use a ResNet model for 16"
         )
-    backbone = VGG16(pool_ceil_mode=common.pool_ceil_mode, remat=common.remat,
-                     dtype=common.dtype)
+    trunk = VGG16(spec=backbone, pool_ceil_mode=common.pool_ceil_mode, remat=common.remat,
+                  dtype=common.dtype)
     if head.aspp_rates is None:
         head_module = FCHead(
             num_classes=num_classes, fc6_kernel=head.fc6_kernel, fc6_rate=head.fc6_rate,
@@ -69,7 +69,7 @@ def build_v1_deeplab(num_classes: int, *, head: VGGHeadSpec, common: CommonSpec,
         head_module = VGGASPPHead(num_classes=num_classes, rates=head.aspp_rates,
                                   width=head.width, dropout_rate=head.dropout_rate,
                                   dtype=common.dtype)
-    return _deeplab(common, backbone=backbone, head=head_module)
+    return _deeplab(common, backbone=trunk, head=head_module)
 
 
 def build_v2_deeplab(num_classes: int, *, backbone: ResNetSpec, head: ASPPV2Spec,

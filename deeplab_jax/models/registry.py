@@ -16,8 +16,9 @@ release; epsilon 1e-5 for ResNet, 1e-3 for Xception), output stride 16, multi-gr
 ResNet's block4 (v3 §4.1 "Multi-grid", Table 3 best), dropout 0.1 after the ASPP projection, the
 torchvision ResNet layout (stride on the 3x3, floor pooling, ImageNet input normalisation), and for
 Xception-65 the TF release (separable ASPP and decoder, [-1, 1] input). Demo models are small
-basic-block ResNets trained from scratch on the procedural demo data set: 'imagenet' input,
-trainable BN (momentum 0.9), torchvision (floor) pooling.
+networks trained from scratch on the procedural demo data set, 'imagenet' input and torchvision
+(floor) pooling: basic-block ResNets with trainable BN (momentum 0.9) for v2/v3/v3+, a narrow
+VGG-16 (no BN, as the original) for v1.
 
 Output size: logit i sits on input pixel i * output_stride. With floor pooling (demo and v3
 models) there are len(range(0, H, os)) logits for every H, so labels[:, ::os, ::os] match. The
@@ -31,6 +32,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from deeplab_jax.models.backbones.resnet import RESNET50_STAGES, RESNET101_STAGES, ResNetSpec
+from deeplab_jax.models.backbones.vgg import VGGSpec
 from deeplab_jax.models.backbones.xception import XceptionSpec
 from deeplab_jax.models.deeplab import CommonSpec
 from deeplab_jax.models.factories import build_v1_deeplab, build_v2_deeplab, build_v3_deeplab
@@ -74,7 +76,7 @@ _V3_HEAD = {
     "pointrend_importance_ratio": "pointrend.importance_ratio",
 }
 V1 = Family(build_v1_deeplab, {
-    "fc6_kernel": "head.fc6_kernel", "fc6_rate": "head.fc6_rate", "fc_width": "head.width",
+    "widths": "backbone.widths", "fc6_kernel": "head.fc6_kernel", "fc6_rate": "head.fc6_rate", "fc_width": "head.width",
     "pool5a": "head.pool5a", "aspp_rates": "head.aspp_rates", "dropout_rate": "head.dropout_rate",
     **_COMMON, "bn_frozen": "norm.frozen",  # VGG-16 has no BatchNorm: accepted, no effect
 })
@@ -142,8 +144,8 @@ _DEMO = dict(common=CommonSpec(input_norm="imagenet", pool_ceil_mode=False),
              norm=NormConfig(momentum=0.9))
 
 
-def _v1(doc, **head):
-    return Variant(V1, doc, dict(head=VGGHeadSpec(**head), common=CommonSpec(),
+def _v1(doc, backbone=VGGSpec(), common=CommonSpec(), **head):
+    return Variant(V1, doc, dict(backbone=backbone, head=VGGHeadSpec(**head), common=common,
                                  norm=NormConfig()))
 
 
@@ -188,6 +190,14 @@ MODELS = {
     "deeplab_v2_vgg16_aspp_l": _v1(
         "VGG-16 ASPP-L (Table 3): fc6-fc7-fc8 branches at r=6,12,18,24, summed.",
         aspp_rates=ASPP_L_RATES, pool5a=False),
+    # Demo v1: VGG-16 (no BatchNorm) at an eighth of its widths, about the v2 demo's size, trained
+    # from scratch like the other demo models (their input normalisation and floor pooling);
+    # LargeFOV's fc6 rate 12 at 321 px scaled to the demo's 129 px crops as the demo ASPP scales
+    # ASPP-L (6..24 -> 1..4).
+    "deeplab_v1_demo": _v1(
+        "Demo LargeFOV: VGG-16 at 1/8 width (8-16-32-64-64), pool5a, fc6 3x3 r=2, 128 ch "
+        "(~0.32M).", VGGSpec(widths=(8, 16, 32, 64, 64)),
+        CommonSpec(input_norm="imagenet", pool_ceil_mode=False), fc6_rate=2, width=128),
     "deeplab_v2_resnet101_aspp_l": _v2(
         "DeepLab-v2 ResNet-101 OS8 + ASPP-L (r=6,12,18,24).", ASPP_L_RATES),
     "deeplab_v2_resnet101_aspp_s": _v2(

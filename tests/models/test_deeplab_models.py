@@ -39,7 +39,7 @@ def half(n):
 
 def expected_size(name, n, output_stride=8, ceil=True):
     pool = caffe_pool if ceil else half
-    if "vgg16" in name or "v1_largefov" in name:
+    if "vgg16" in name or name.startswith("deeplab_v1"):
         return pool(pool(pool(n)))
     n = half(pool(half(n)))  # conv1, pool1, res3 (output stride 8)
     return half(n) if output_stride == 16 else n
@@ -85,6 +85,24 @@ def test_v1_parameter_counts_match_the_paper(name, paper_millions):
     assert abs(total / 1e6 - paper_millions) < 0.05, total
 
 
+def test_v1_demo_is_a_narrow_vgg16_largefov():
+    """VGG-16's 13 convs at the given widths, LargeFOV's fc6 (3x3) - fc7 - fc8, all with biases."""
+    widths, fc, classes = (8, 16, 32, 64, 64), 128, 8
+    model = models.get_model("deeplab_v1_demo", classes)
+    assert model.backbone.spec.widths == widths and model.head.width == fc
+    assert model.input_norm == "imagenet" and not model.backbone.pool_ceil_mode
+    expected, channels = 0, 3
+    for width, convs in zip(widths, (2, 2, 3, 3, 3)):
+        for _ in range(convs):
+            expected += 9 * channels * width + width
+            channels = width
+    expected += (9 * channels * fc + fc) + (fc * fc + fc) + (fc * classes + classes)
+    variables, _ = abstract_init(model, (1, 65, 65, 3))
+    assert count_params(variables["params"]) == expected == 321_968
+    wider = models.get_model("deeplab_v1_demo", classes, widths=(16, 32, 64, 128, 128))
+    assert wider.backbone.spec.widths == (16, 32, 64, 128, 128)
+
+
 @pytest.mark.parametrize(
     "name,backbone_params,num_rates",
     [("deeplab_v2_resnet101_aspp_l", 44_549_160 - 2_049_000, 4),
@@ -113,7 +131,8 @@ def test_output_shape_of_every_model(name):
      ("deeplab_v2_resnet50_aspp_l", 64, {}), ("deeplab_v2_resnet50_aspp_l", 66, {}),
      ("deeplab_v2_resnet50_aspp_l", 65, {"output_stride": 16}),
      ("deeplab_v2_resnet50_aspp_l", 64, {"output_stride": 16, "pool_ceil_mode": False}),
-     ("deeplab_v2_demo", 64, {}), ("deeplab_v2_demo", 70, {"output_stride": 16})],
+     ("deeplab_v2_demo", 64, {}), ("deeplab_v2_demo", 70, {"output_stride": 16}),
+     ("deeplab_v1_demo", 64, {}), ("deeplab_v1_demo", 63, {})],
 )
 def test_output_sizes_odd_even_and_output_stride(name, size, overrides):
     model = models.get_model(name, 5, **overrides)

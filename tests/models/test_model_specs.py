@@ -11,9 +11,9 @@ from deeplab_jax.config import model_overrides as model_config
 from deeplab_jax.models import factories, registry
 from deeplab_jax.models.heads import aspp_v3, decoder
 
-SPECS = (models.CommonSpec, models.ResNetSpec, models.XceptionSpec, models.VGGHeadSpec,
-         models.ASPPV2Spec, models.ASPPSpec, models.DecoderSpec, models.PointRendSpec,
-         models.NormConfig)
+SPECS = (models.CommonSpec, models.ResNetSpec, models.XceptionSpec, models.VGGSpec,
+         models.VGGHeadSpec, models.ASPPV2Spec, models.ASPPSpec, models.DecoderSpec,
+         models.PointRendSpec, models.NormConfig)
 
 
 @pytest.mark.parametrize("spec_cls", SPECS, ids=lambda cls: cls.__name__)
@@ -36,6 +36,12 @@ def test_sequences_become_tuples():
     assert models.ASPPV2Spec(rates=[12]).rates == (12,)
     assert models.VGGHeadSpec(aspp_rates=[2, 4]).aspp_rates == (2, 4)
     assert models.VGGHeadSpec().aspp_rates is None  # None selects the fc6-fc7-fc8 head
+    assert models.VGGSpec(widths=[8, 8, 16, 16, 16]).widths == (8, 8, 16, 16, 16)
+
+
+def test_vgg_widths_name_the_five_blocks():
+    with pytest.raises(ValueError, match="5 positive block widths"):
+        models.VGGSpec(widths=(16, 32, 64, 128))
 
 
 def test_resnet_stem_width_defaults_to_the_first_stage_width():

@@ -1,4 +1,5 @@
-"""A few training steps of every new variant (v3, v3+, Xception-65, PointRend) on 8 fake devices.
+"""A few training steps of every new variant (v3, v3+, Xception-65, PointRend, the demo v1) on 8
+fake devices.
 
 The steps are `deeplab_jax.train.step.make_train_step` (the loop's jitted step: batch sharded on the
 'data' axis, state replicated) with the demo config's optimiser; for PointRend the step's loss is
@@ -100,3 +101,25 @@ def test_pointrend_train_steps_on_8_devices(num_devices):
     assert logits.shape == (8, 65, 65, datasets.get_dataset("demo").num_classes)
     assert losses.infer_output_stride(65, logits.shape[1]) == 1
     assert jnp.all(jnp.isfinite(logits))
+
+
+def test_demo_v1_recipe_trains_without_batchnorm(num_devices):
+    """configs/demo.py:v1 (VGG-16 without BatchNorm, its learning rate and dropout), narrower."""
+    config = demo_config.get_config("v1")
+    assert config.model.name == "deeplab_v1_demo" and config.model.overrides.dropout_rate == 0.0
+    config.model.overrides.widths = (4, 4, 8, 8, 8)
+    config.model.overrides.fc_width = 16
+    config.optim.warmup_steps = 0
+    config.optim.schedule = "constant"
+    setup, state, mesh = training.build(config, jax.devices()[:num_devices])
+    assert not state.batch_stats  # VGG-16 has no BatchNorm
+    rng = np.random.default_rng(0)
+    batch = mesh_lib.global_batch(
+        {"image": rng.integers(0, 256, size=(8, 65, 65, 3), dtype=np.uint8),
+         "label": rng.integers(0, 8, size=(8, 65, 65)).astype(np.int32)}, mesh)
+    step = training.jit_step(config, setup, mesh)
+    history = []
+    for _ in range(STEPS):
+        state, metrics = step(state, batch, jax.random.key(1))
+        history.append(float(metrics["loss"]))
+    assert all(np.isfinite(history)) and history[-1] < history[0], history

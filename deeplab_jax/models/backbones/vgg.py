@@ -7,17 +7,34 @@ with rate 2, so the features have output stride 8 (321 -> 161 -> 81 -> 41). Caff
 (`pool_ceil_mode=True`); for sizes of the form 8k + 1 (321, 513) both rules agree.
 
 Parameters keep the Caffe layer names: conv1_1 ... conv5_3, each {'kernel' (HWIO), 'bias'}.
+`VGGSpec.widths` narrows the five blocks (the demo's v1 trains a quarter-width VGG-16 from scratch);
+the paper's models use VGG-16's own widths.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import Conv, max_pool, remat_policy
+from deeplab_jax.models.layers import Conv, max_pool, remat_policy, tuple_fields
 
 # (block name, number of convs, channels) of VGG-16.
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+VGG16_WIDTHS = tuple(channels for _, _, channels in VGG16_BLOCKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGSpec:
+    """What the VGG-16 trunk is; hashable. widths: the channels of blocks conv1..conv5."""
+
+    widths: tuple = VGG16_WIDTHS
+
+    def __post_init__(self):
+        tuple_fields(self, "widths")
+        if len(self.widths) != len(VGG16_BLOCKS) or min(self.widths) < 1:
+            raise ValueError(f"widths={self.widths!r}: VGG-16 needs {len(VGG16_BLOCKS)} positive "
+                             f"block widths (its own: {VGG16_WIDTHS})")
 
 
 class ConvReLU(Conv):
@@ -34,6 +51,7 @@ class VGG16(nn.Module):
     re-sampling of this one because pool5 keeps its 3x3 window after its stride is removed.
     """
 
+    spec: VGGSpec = VGGSpec()
     conv5_rate: int = 2
     pool_ceil_mode: bool = True
     remat: bool = False
@@ -45,7 +63,7 @@ class VGG16(nn.Module):
         del train  # no BatchNorm or dropout in the VGG trunk
         conv_cls = nn.remat(ConvReLU, policy=remat_policy(self.remat)) if self.remat else ConvReLU
         x = x_BxHxWx3
-        for block, num_convs, channels in VGG16_BLOCKS:
+        for (block, num_convs, _), channels in zip(VGG16_BLOCKS, self.spec.widths):
             rate = self.conv5_rate if block == 5 else 1
             for index in range(1, num_convs + 1):
                 x = conv_cls(

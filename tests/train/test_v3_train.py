@@ -42,27 +42,35 @@ def _setup(name, overrides, num_devices):
     config.optim.schedule = "constant"
     descriptor = datasets.get_dataset("demo")
     setup, state, mesh = training.build(config, jax.devices()[:num_devices])
+    return config, setup, state, _fixed_batch(mesh, descriptor.num_classes), mesh
+
+
+def _fixed_batch(mesh, num_classes):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, descriptor.num_classes, size=(8, 65, 65))
+    labels = rng.integers(0, num_classes, size=(8, 65, 65))
     labels[:, :5] = 255  # an ignored band, as the data set's boundaries
-    batch = mesh_lib.global_batch(
+    return mesh_lib.global_batch(
         {"image": rng.integers(0, 256, size=(8, 65, 65, 3), dtype=np.uint8),
          "label": labels.astype(np.int32)}, mesh)
-    return config, setup, state, batch, mesh
+
+
+def _train(config, setup, mesh, state, batch):
+    """(jitted step, state, losses) after STEPS steps on the fixed batch; the loss must fall."""
+    step = training.jit_step(config, setup, mesh)
+    history = []
+    for _ in range(STEPS):
+        state, metrics = step(state, batch, jax.random.key(1))
+        history.append(float(metrics["loss"]))
+    assert all(np.isfinite(history)) and history[-1] < history[0], history
+    return step, state, history
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_train_steps_on_8_devices(name, num_devices):
     config, setup, state, batch, mesh = _setup(name, VARIANTS[name], num_devices)
-    step = training.jit_step(config, setup, mesh)
     assert len(batch["image"].sharding.device_set) == num_devices
     stats_before = jax.device_get(state.batch_stats)
-    history = []
-    for _ in range(STEPS):
-        state, metrics = step(state, batch, jax.random.key(1))
-        history.append(float(metrics["loss"]))
-    assert all(np.isfinite(history)), history
-    assert history[-1] < history[0], history
+    _, state, _ = _train(config, setup, mesh, state, batch)
     assert int(state.step) == STEPS
     # BatchNorm is trained in v3 (§4.1): the running statistics moved.
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats_before,
@@ -76,12 +84,7 @@ def test_pointrend_train_steps_on_8_devices(num_devices):
     model = setup.model
     assert "point_head" in state.params
     head_before = jax.device_get(state.params["point_head"])
-    step = training.jit_step(config, setup, mesh)
-    history = []
-    for _ in range(STEPS):
-        state, metrics = step(state, batch, jax.random.key(1))
-        history.append(float(metrics["loss"]))
-    assert all(np.isfinite(history)) and history[-1] < history[0], history
+    step, state, _ = _train(config, setup, mesh, state, batch)
     # The step trains the point head (pointrend_loss), not only the coarse logits.
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), head_before,
                          jax.device_get(state.params["point_head"]))
@@ -113,13 +116,4 @@ def test_demo_v1_recipe_trains_without_batchnorm(num_devices):
     config.optim.schedule = "constant"
     setup, state, mesh = training.build(config, jax.devices()[:num_devices])
     assert not state.batch_stats  # VGG-16 has no BatchNorm
-    rng = np.random.default_rng(0)
-    batch = mesh_lib.global_batch(
-        {"image": rng.integers(0, 256, size=(8, 65, 65, 3), dtype=np.uint8),
-         "label": rng.integers(0, 8, size=(8, 65, 65)).astype(np.int32)}, mesh)
-    step = training.jit_step(config, setup, mesh)
-    history = []
-    for _ in range(STEPS):
-        state, metrics = step(state, batch, jax.random.key(1))
-        history.append(float(metrics["loss"]))
-    assert all(np.isfinite(history)) and history[-1] < history[0], history
+    _train(config, setup, mesh, state, _fixed_batch(mesh, datasets.get_dataset("demo").num_classes))

@@ -7,7 +7,7 @@ with rate 2, so the features have output stride 8 (321 -> 161 -> 81 -> 41). Caff
 (`pool_ceil_mode=True`); for sizes of the form 8k + 1 (321, 513) both rules agree.
 
 Parameters keep the Caffe layer names: conv1_1 ... conv5_3, each {'kernel' (HWIO), 'bias'}.
-`VGGSpec.widths` narrows the five blocks (the demo's v1 trains a quarter-width VGG-16 from scratch);
+`VGGSpec.widths` narrows the five blocks (the demo's v1 trains a VGG-16 at 1/8 width from scratch);
 the paper's models use VGG-16's own widths.
 """
 

@@ -63,8 +63,9 @@ def auto_method(backend=None, traced=False):
     """The method `method="auto"` runs on `backend` (default: JAX's default backend, "cpu" when JAX
     is absent); `traced`: the inputs are JAX tracers (inside jit, vmap or grad).
 
-    * cpu: "permutohedral" (exact; 0.67-0.97x pydensecrf2's time at VOC size against 0.79-1.28x
-      for "meanfield", benchmarks/README.md "Dense CRF", 2-core VM); under tracing "meanfield"
+    * cpu: "permutohedral" (exact; 0.66-0.97x pydensecrf2's time at VOC size, "meanfield"
+      0.56-0.66x since its softmax change, benchmarks/README.md "Dense CRF", 2-core VM: as fast,
+      but not exact); under tracing "meanfield"
       (jit/vmap/grad, 99.8% labels equal to the exact CRF), since the host method has no
       gradient. "separable" is faster (0.39-0.50x at VOC size on a quiet machine; 129x129: 15 ms
       against 69 ms exact) but keeps only part of the CRF's mIoU gain at the paper's parameters,

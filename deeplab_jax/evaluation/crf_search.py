@@ -56,8 +56,8 @@ class Engine:
     """Which CRF computes the search's rows, and its settings (static, hashable).
 
     method: "meanfield" (the permutohedral lattice in JAX, 99.8% labels equal to the exact CRF) or
-      "separable" (dense products, ~98% labels; on a CPU 7x faster on 129x129 images, 1.1-1.5x at VOC
-      size; its best parameters differ from the exact CRF's: benchmarks/README.md).
+      "separable" (dense products, ~98% labels; on a CPU 7x faster on 129x129 images, 1.1-1.5x
+      at VOC size; its best parameters differ from the exact CRF's: benchmarks/README.md).
     capacity_factor: meanfield: lattice vertices reserved per pixel (images that need more are
       recomputed with the worst-case capacity).
     separable_options: separable: `deeplab_jax.crf.separable.SeparableOptions`.

@@ -3,8 +3,8 @@
 Every builder is `build_*(num_classes, *, <specs>) -> DeepLab` and takes, by keyword, a
 `CommonSpec` (output stride, multi-scale inputs, input normalisation, pooling rule, remat, compute
 dtype), a `NormConfig` (BatchNorm) and the specs of its backbone and head:
-- `build_v1_deeplab`: VGG-16 (`VGGSpec`, `VGGHeadSpec`): fc6-fc7-fc8 (DeepLab-v1 and LargeFOV, v2 paper
-  §4.1.1 Table 1) or the VGG ASPP (§4.1.2, Fig. 7); output stride 8 only;
+- `build_v1_deeplab`: VGG-16 (`VGGSpec`, `VGGHeadSpec`): fc6-fc7-fc8 (DeepLab-v1 and LargeFOV,
+  v2 paper §4.1.1 Table 1) or the VGG ASPP (§4.1.2, Fig. 7); output stride 8 only;
 - `build_v2_deeplab`: atrous ResNet (`ResNetSpec`) + v2 ASPP (`ASPPV2Spec`: summed 3x3
   classifiers, §3.2; one rate is LargeFOV);
 - `build_v3_deeplab`: atrous ResNet or aligned Xception (`XceptionSpec`) + the v3 head (`ASPPSpec`:

@@ -76,7 +76,8 @@ _V3_HEAD = {
     "pointrend_importance_ratio": "pointrend.importance_ratio",
 }
 V1 = Family(build_v1_deeplab, {
-    "widths": "backbone.widths", "fc6_kernel": "head.fc6_kernel", "fc6_rate": "head.fc6_rate", "fc_width": "head.width",
+    "widths": "backbone.widths", "fc6_kernel": "head.fc6_kernel", "fc6_rate": "head.fc6_rate",
+    "fc_width": "head.width",
     "pool5a": "head.pool5a", "aspp_rates": "head.aspp_rates", "dropout_rate": "head.dropout_rate",
     **_COMMON, "bn_frozen": "norm.frozen",  # VGG-16 has no BatchNorm: accepted, no effect
 })

@@ -226,12 +226,6 @@ def _over_line_chunks(fn, out, axis, chunk, step=1):
     return jax.lax.fori_loop(0, num, body, out)
 
 
-class Pass(typing.NamedTuple):
-    """One direction's stored weights [lines, blocks, targets, sources] (rows: lines = H)."""
-
-    weights: jax.Array  # the row pass: only every stride-th row (the column pass's sources)
-
-
 def _identity_epilogue(message, take):
     del take
     return message
@@ -260,9 +254,9 @@ def separable_filter(prepared, values_HxWxC, lay, xy_std, options, scale=None, e
     # alone (exact: the other rows' row messages would never be read) and hands them on strided.
     stride = options.stride
     if lay.store:
-        rows = apply_weights(prepared.rows.weights, scaled(lambda array: array[::stride]),
+        rows = apply_weights(prepared.rows, scaled(lambda array: array[::stride]),
                              lay.row)
-        columns = apply_weights(prepared.columns.weights, rows.transpose(1, 0, 2), lay.column,
+        columns = apply_weights(prepared.columns, rows.transpose(1, 0, 2), lay.column,
                                 strided=True)
         return epilogue(columns.transpose(1, 0, 2), lambda array: array)
 
@@ -298,8 +292,10 @@ class Prepared(typing.NamedTuple):
     bilateral_norm: jax.Array  # [H, W, 1]
     valid: jax.Array  # [H, W, 1] float32
     colours: jax.Array  # [H, W, 3] colour / (colour_scale * theta_beta)
-    rows: typing.Optional[Pass]  # stored weights of the row pass (lines = the H rows), or None
-    columns: typing.Optional[Pass]  # of the column pass (lines = the W columns), or None
+    # Stored weights [lines, blocks, targets, sources] of each pass, or None (rebuilt per
+    # iteration). The row pass has only every stride-th row (the column pass's sources).
+    rows: typing.Optional[jax.Array]
+    columns: typing.Optional[jax.Array]  # lines = the W columns
 
 
 class Layout(typing.NamedTuple):
@@ -336,10 +332,10 @@ def prepare(image_HxWx3, probs_HxWxK, bi_xy_std, bi_rgb_std, *, pos_xy_std, lay,
     rows = columns = None
     if lay.store:  # one fused elementwise computation per pass, written once in weight_dtype
         dtype = jnp.dtype(options.weight_dtype)
-        rows = Pass(build_weights(colours[::options.stride], lay.row, bi_xy_std,
-                                  options.truncation, dtype))
-        columns = Pass(build_weights(colours.transpose(1, 0, 2), lay.column, bi_xy_std,
-                                     options.truncation, dtype))
+        rows = build_weights(colours[::options.stride], lay.row, bi_xy_std, options.truncation,
+                             dtype)
+        columns = build_weights(colours.transpose(1, 0, 2), lay.column, bi_xy_std,
+                                options.truncation, dtype)
     prepared = Prepared(neg_unary, spatial_norm, None, valid, colours, rows, columns)
     # F(1) filtered as 8 identical channels: with one channel XLA:CPU turns the products into
     # matrix-vector products that it computes after converting all the weights to float32 (~240

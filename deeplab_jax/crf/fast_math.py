@@ -40,6 +40,13 @@ def exp_nonpositive(x):
 _UNROLLED_CLASSES = 64
 
 
+def _softmax_unrolled(x_HxWxK):
+    classes = [x_HxWxK[..., k] for k in range(x_HxWxK.shape[-1])]
+    exps = jnp.exp(x_HxWxK - functools.reduce(jnp.maximum, classes)[..., None])
+    total = functools.reduce(jnp.add, [exps[..., k] for k in range(x_HxWxK.shape[-1])])
+    return exps / total[..., None]
+
+
 def softmax_over_classes(x_HxWxK):
     """softmax over the last (class) axis.
 
@@ -47,11 +54,11 @@ def softmax_over_classes(x_HxWxK):
     fusion, which made a mean-field iteration at VOC size about twice as slow as its matrix
     products and filters together (benchmarks/README.md); the same reductions written as a chain
     of elementwise maxima and sums over the K class slices stay in XLA's own loop fusions. Other
-    backends, and many classes, keep jax.nn.softmax.
+    backends, and many classes, keep jax.nn.softmax. The choice is made for the platform the
+    program is lowered for (`lax.platform_dependent`), not the default backend: a program placed
+    on another device, or exported for several platforms, gets each platform's form.
     """
-    num_classes = x_HxWxK.shape[-1]
-    if jax.default_backend() != "cpu" or num_classes > _UNROLLED_CLASSES:
-        return jax.nn.softmax(x_HxWxK, axis=-1)
-    classes = [x_HxWxK[..., k] for k in range(num_classes)]
-    exps = jnp.exp(x_HxWxK - functools.reduce(jnp.maximum, classes)[..., None])
-    return exps / functools.reduce(jnp.add, [exps[..., k] for k in range(num_classes)])[..., None]
+    softmax = functools.partial(jax.nn.softmax, axis=-1)
+    if x_HxWxK.shape[-1] > _UNROLLED_CLASSES:
+        return softmax(x_HxWxK)
+    return jax.lax.platform_dependent(x_HxWxK, cpu=_softmax_unrolled, default=softmax)

@@ -1,6 +1,7 @@
 """The separable CRF's elementwise math against numpy (float64): exp for x <= 0 and the softmax."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -45,3 +46,15 @@ def test_softmax_over_classes_gradient_equals_the_softmax_gradient():
     grad = jax.grad(lambda v: (softmax_over_classes(v) * weights).sum())(x)
     expected = jax.grad(lambda v: (jax.nn.softmax(v) * weights).sum())(x)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes, cpu_reduces", [(21, False), (65, True)])
+def test_softmax_form_follows_the_platform_lowered_for(num_classes, cpu_reduces):
+    """CPU programs get the unrolled form (no class-axis reduce) up to 64 classes; a program
+    lowered for a GPU (here from this CPU-only machine, as `jax.export` does) gets the softmax
+    with its reductions, whatever the default backend of the process that lowered it."""
+    x = jnp.zeros((3, 4, num_classes), jnp.float32)
+    traced = jax.jit(softmax_over_classes).trace(x)
+    lowered = lambda platforms: traced.lower(lowering_platforms=platforms).as_text()
+    assert ("stablehlo.reduce" in lowered(("cpu",))) == cpu_reduces
+    assert "stablehlo.reduce" in lowered(("cuda",))

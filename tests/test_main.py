@@ -70,6 +70,19 @@ def test_main_trains_evaluates_and_writes_everything(demo_data_dir, tmp_path):
     assert np.asarray(label_a).max() < 8
     assert (out / "b_overlay.jpg").exists()
 
+    # The generations figure: image | the run | the run with MS/flip + CRF | ground truth, per row.
+    figure = tmp_path / "generations.jpg"
+    drawn = _run(["experiments.generations_figure", f"--run=tiny={workdir}", "--crf=tiny",
+                  "--images=0,1", f"--data_dir={demo_data_dir}", f"--output={figure}"])
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    from deeplab_jax.serving import visualize
+
+    # Two rows of 129 px val images, four columns, the gaps and the title strip.
+    assert Image.open(figure).size == (4 * 129 + 3 * visualize.GAP,
+                                       visualize.TITLE_HEIGHT + 2 * 129 + visualize.GAP)
+    refused = _run(["experiments.generations_figure", f"--run=v4={workdir}"])
+    assert refused.returncode == 2 and "VARIANT one of" in refused.stderr
+
 
 def test_voc_config_without_data_gives_one_clear_error(tmp_path):
     result = _run(["deeplab_jax.main", "--config=configs/voc.py", f"--workdir={tmp_path}",

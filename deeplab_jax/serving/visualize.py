@@ -1,4 +1,5 @@
-"""Pictures of results: palette label PNGs (VOC style) and colour overlays on the image.
+"""Pictures of results: palette label PNGs (VOC style), colour overlays on the image, and grids
+comparing several models' predictions on the same images.
 
 Files are written through epath (`deeplab_jax.storage`), so `path` may be local or gs://...
 """
@@ -6,7 +7,7 @@ Files are written through epath (`deeplab_jax.storage`), so `path` may be local 
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from deeplab_jax import storage
 from deeplab_jax.data.palettes import colorize
@@ -55,3 +56,43 @@ def panel(image_HxWx3, prediction_HxW, palette_256x3, label_HxW=None) -> np.ndar
     if label_HxW is not None:
         parts.append(colorize(label_HxW, palette_256x3))
     return np.concatenate(parts, axis=1)
+
+
+TITLE_HEIGHT = 14  # pixels of the title strip above a comparison grid
+GAP = 2  # white pixels between a grid's cells
+
+
+def comparison_grid(images, labels, predictions, palette_256x3, titles=True) -> np.ndarray:
+    """One row per image: image | each model's prediction | ground truth, as class colours.
+
+    images: [H, W, 3] uint8 arrays (sizes may differ between rows: cells are padded white to the
+    largest); labels: their ground truth [H, W]; predictions: {column title: [H, W] label maps, one
+    per image}, columns in the dict's order. With `titles` a strip above names the columns.
+    """
+    names = list(predictions)
+    if any(len(maps) != len(images) for maps in predictions.values()) or len(labels) != len(images):
+        raise ValueError(f"comparison_grid: {len(images)} images, {len(labels)} labels and "
+                         f"predictions of {[len(m) for m in predictions.values()]} images; give "
+                         f"every column one map per image")
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    columns = 2 + len(names)
+    grid = np.full(((height + GAP) * len(images) - GAP, (width + GAP) * columns - GAP, 3), 255,
+                   np.uint8)
+    for row, (image, label) in enumerate(zip(images, labels)):
+        cells = [np.asarray(image, np.uint8)]
+        cells += [colorize(predictions[name][row], palette_256x3) for name in names]
+        cells.append(colorize(label, palette_256x3))
+        top = row * (height + GAP)
+        for column, cell in enumerate(cells):
+            left = column * (width + GAP)
+            grid[top:top + cell.shape[0], left:left + cell.shape[1]] = cell
+    if not titles:
+        return grid
+    canvas = Image.new("RGB", (grid.shape[1], grid.shape[0] + TITLE_HEIGHT), "white")
+    canvas.paste(Image.fromarray(grid), (0, TITLE_HEIGHT))
+    draw = ImageDraw.Draw(canvas)
+    for column, title in enumerate(["image", *names, "ground truth"]):
+        draw.text((column * (width + GAP) + 2, 1), title, fill="black",
+                  font=ImageFont.load_default())
+    return np.asarray(canvas)

@@ -3,8 +3,10 @@
 On XLA:CPU, jaxlib routes convolutions to the YNNPACK fusion path, which is several times slower
 than XLA's Eigen path for 1x1 convolutions with many channels and for the 2048->K ASPP classifiers;
 excluding individual convolutions from YNN fusion brings a ResNet-101 DeepLab-v2 forward pass to
-PyTorch's speed (benchmarks/README.md, "Model"). XLA aborts the process on an unknown flag, so the
-flag is only added for jaxlib releases on which it was verified to exist.
+PyTorch's speed (benchmarks/README.md, "Model"). On jaxlib 0.10 in a CPU-only process a second
+flag keeps the optimisation barriers the ResNet blocks put on their outputs (see `BARRIER_FLAG`).
+XLA aborts the process on an unknown flag, so flags are only added for jaxlib releases on which
+they were verified to exist.
 
 Importing deeplab_jax changes nothing: the command-line entry points call `apply()` first thing,
 and library users who want the setting call it themselves before their first JAX computation:
@@ -22,6 +24,15 @@ import sys
 YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 # (lowest, highest) jaxlib release, inclusive, on which the flag was checked to be known to XLA.
 _VERIFIED_JAXLIB = ((0, 10, 0), (0, 12, 99))
+# jaxlib 0.10's CPU pipeline removes optimisation barriers before fusion, which undoes the one
+# ResNet blocks put on their outputs (`models.backbones.resnet`: without it XLA:CPU recomputes
+# every earlier residual sum of a stage in each block's, 1.10 -> 1.00 s of a ResNet-101 forward
+# pass at 513x513, benchmarks/README.md). Later jaxlibs keep the barriers without being told.
+# The flag is process-wide and applies to every backend, so it is only added where JAX has no
+# accelerator plugin installed (a CPU-only process).
+BARRIER_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"
+_BARRIER_JAXLIB = ((0, 10, 0), (0, 10, 99))
+_ACCELERATOR_DISTRIBUTIONS = ("jax-cuda", "jax-rocm", "libtpu")
 
 
 def _jaxlib_version():
@@ -36,12 +47,21 @@ def _jaxlib_version():
     return tuple(parts)
 
 
+def _accelerator_plugin_installed():
+    names = (dist.metadata["Name"] or "" for dist in importlib.metadata.distributions())
+    return any(name.lower().replace("_", "-").startswith(_ACCELERATOR_DISTRIBUTIONS)
+               for name in names)
+
+
 def flags_to_add():
     """Returns the XLA flags this package would add for the installed jaxlib (possibly none)."""
     version = _jaxlib_version()
     if version is None or not (_VERIFIED_JAXLIB[0] <= version <= _VERIFIED_JAXLIB[1]):
         return []
-    return [YNN_CONV_FLAG]
+    flags = [YNN_CONV_FLAG]
+    if _BARRIER_JAXLIB[0] <= version <= _BARRIER_JAXLIB[1] and not _accelerator_plugin_installed():
+        flags.append(BARRIER_FLAG)
+    return flags
 
 
 def apply():

@@ -180,3 +180,24 @@ def test_vgg16_trunk_matches_a_numpy_reference():
     # Caffe rounds up: 18 -> 10 -> 6 -> 4 rows (len(range(0, 18, 8)) + 1); 17 -> 9 -> 5 -> 3.
     assert got.shape == h.shape == (1, 4, 3, 512)
     np.testing.assert_allclose(got, h, rtol=1e-4, atol=1e-4)
+
+
+def test_block_outputs_are_materialised_on_cpu_only(monkeypatch):
+    """Each residual block's output is one buffer on XLA:CPU (an optimisation barrier per block,
+    so later blocks' residual sums do not recompute it); a program lowered for a GPU has none."""
+    x = jnp.zeros((1, 33, 33, 3), jnp.float32)
+    model = resnet.ResNet(resnet.ResNetSpec(stage_sizes=(2, 1, 1, 1), widths=(4, 4, 8, 8),
+                                            stem_width=4), output_stride=8)
+    variables = random_variables(model, x)
+    traced = jax.jit(model.apply).trace(variables, x)
+    lowered = lambda platforms: traced.lower(lowering_platforms=platforms).as_text()
+    assert lowered(("cpu",)).count("stablehlo.optimization_barrier") == 5  # one per block
+    assert "optimization_barrier" not in lowered(("cuda",))
+    # Values and gradients are those of the model without the barriers.
+    loss = lambda v: jnp.sum(model.apply(v, x + 1.0) ** 2)
+    with_barriers = jax.value_and_grad(loss)(variables)
+    monkeypatch.setattr(resnet, "_materialised_on_cpu", lambda value: value)
+    without = jax.value_and_grad(loss)(variables)
+    assert float(with_barriers[0]) > 0
+    for ours, plain in zip(jax.tree.leaves(with_barriers), jax.tree.leaves(without)):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from deeplab_jax.models.layers import ConvBN, NormConfig, max_pool, remat_policy, tuple_fields
@@ -163,7 +164,21 @@ def _add_shortcut(block, h, x, train):
             block.out_features, 1, stride=block.plan.stride, relu=False, name="shortcut",
             norm=block.norm, dtype=block.dtype, param_dtype=block.param_dtype,
         )(x, train)
-    return nn.relu(h + x.astype(h.dtype))
+    return _materialised_on_cpu(nn.relu(h + x.astype(h.dtype)))
+
+
+def _materialised_on_cpu(block_output):
+    """The block's output as one buffer that later blocks read, on XLA:CPU.
+
+    A block's output feeds the next block's first convolution (a matrix product that reads it
+    from memory) and the next residual sum. XLA:CPU fuses each residual sum with its producers
+    instead of reading that buffer, so the sum of block k recomputes blocks 1..k-1's sums: in a
+    ResNet-101 stage of 23 blocks, fusions reading up to 23 [65, 65, 1024] arrays, 180 ms of a
+    1.1 s forward pass at 513x513 (benchmarks/README.md, "Model"). An optimisation barrier keeps
+    the sum where it is; other backends do not recompute and keep the plain value.
+    """
+    return jax.lax.platform_dependent(block_output, cpu=jax.lax.optimization_barrier,
+                                      default=lambda value: value)
 
 
 class BasicBlock(nn.Module):

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from deeplab_jax.models.layers import Conv, check_rates, classifier_normal, tuple_fields
@@ -45,24 +46,32 @@ class _ClassifierParams(nn.Module):
 
 
 def summed_atrous_taps(x_BxhxwxC, kernels, biases, rates):
-    """sum_i conv(x, kernels[i], rate=rates[i]) + biases[i] as one matmul plus shifted sums."""
+    """sum_i conv(x, kernels[i], rate=rates[i]) + biases[i] as one matmul plus shifted sums.
+
+    Each tap's [B, h, w, K] score map is cut from the product by a split along the channels and
+    shifted by a (cropping) `lax.pad`, so the backward pass is a concatenation of the shifted-back
+    gradients. (Padding the whole [B, h, w, n, k, k, K] product once and slicing it made the
+    backward pad a gradient of that full size once per tap: 37 x 48 MB per train step at 321 px.)
+    """
     k, _, channels, features = kernels[0].shape
     branches = len(kernels)
-    batch, height, width, _ = x_BxhxwxC.shape
+    height, width = x_BxhxwxC.shape[1:3]
     # (n, k, k, C, K) -> (C, n*k*k*K): every tap of every branch is one column block.
     stacked = jnp.stack(kernels).transpose(3, 0, 1, 2, 4).reshape(channels, -1)
-    taps = jnp.einsum("bhwc,cm->bhwm", x_BxhxwxC, stacked).reshape(
-        batch, height, width, branches, k, k, features)
-    pad = max(rate * (k - 1) // 2 for rate in rates)
-    taps = jnp.pad(taps, ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0), (0, 0), (0, 0)))
+    taps = jnp.split(jnp.einsum("bhwc,cm->bhwm", x_BxhxwxC, stacked), branches * k * k, axis=-1)
     out = sum(biases).reshape(1, 1, 1, features)
+    centre = (k - 1) // 2
     for i, rate in enumerate(rates):
         for a in range(k):
             for b in range(k):
-                # Output (y, x) reads input (y + (a - c) r, x + (b - c) r), c the kernel centre.
-                top = pad + (a - (k - 1) // 2) * rate
-                left = pad + (b - (k - 1) // 2) * rate
-                out = out + taps[:, top:top + height, left:left + width, i, a, b]
+                # Output (y, x) reads input (y + dy, x + dx): crop dy rows at the top and add dy
+                # zero rows at the bottom (negative dy the other way round); likewise columns.
+                dy, dx = (a - centre) * rate, (b - centre) * rate
+                if abs(dy) >= height or abs(dx) >= width:
+                    continue  # the tap reads only padding
+                tap = taps[(i * k + a) * k + b]
+                out = out + jax.lax.pad(tap, jnp.zeros((), tap.dtype),
+                                        ((0, 0, 0), (-dy, dy, 0), (-dx, dx, 0), (0, 0, 0)))
     return out
 
 ASPP_L_RATES = (6, 12, 18, 24)

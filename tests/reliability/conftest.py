@@ -52,6 +52,10 @@ def run_main(workdir, data_dir, fault=None, **changes):
     env = dict(os.environ)
     env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    # The runs are compared bit for bit with training done in this process, which started JAX
+    # without the package's XLA flags; with them XLA:CPU fuses differently (jaxlib 0.10 keeps the
+    # ResNet blocks' optimisation barriers only with them) and rounds differently.
+    env["DEEPLAB_JAX_NO_XLA_FLAGS"] = "1"
     command = [sys.executable, "-m", "deeplab_jax.main"]
     if fault:
         env["DEEPLAB_FAULT"] = fault

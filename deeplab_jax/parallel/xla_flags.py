@@ -26,8 +26,8 @@ YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 _VERIFIED_JAXLIB = ((0, 10, 0), (0, 12, 99))
 # jaxlib 0.10's CPU pipeline removes optimisation barriers before fusion, which undoes the one
 # ResNet blocks put on their outputs (`models.backbones.resnet`: without it XLA:CPU recomputes
-# every earlier residual sum of a stage in each block's, 1.10 -> 1.00 s of a ResNet-101 forward
-# pass at 513x513, benchmarks/README.md). Later jaxlibs keep the barriers without being told.
+# every earlier residual sum of a stage in each block's; with the flag a ResNet-101 forward pass
+# at 513x513 took 1.18 -> 0.93 s, benchmarks/README.md). Later jaxlibs keep the barriers as is.
 # The flag is process-wide and applies to every backend, so it is only added where JAX has no
 # accelerator plugin installed (a CPU-only process).
 BARRIER_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"

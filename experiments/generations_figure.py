@@ -15,7 +15,6 @@ light colour).
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 import sys
 
@@ -30,11 +29,9 @@ TITLES = {"v1": "v1 LargeFOV", "default": "v2 ASPP-L", "v3": "v3", "v3plus": "v3
 
 
 def demo_config(variant, data_dir=None):
-    spec = importlib.util.spec_from_file_location("demo_config",
-                                                  os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    from configs import demo
+
+    config = demo.get_config(variant)
     if data_dir:
         config.dataset.data_dir = data_dir
     return config

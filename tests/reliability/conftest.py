@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from deeplab_jax.parallel import xla_flags
 from deeplab_jax.train import checkpoint
 from deeplab_jax.train.loop import train_and_evaluate
 from deeplab_jax.train.state import setup_state
@@ -53,14 +52,6 @@ def run_main(workdir, data_dir, fault=None, **changes):
     env = dict(os.environ)
     env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir or ""
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    # The runs are compared bit for bit with training done in this process, which started JAX
-    # without the package's XLA flags. The YNN flag keeps the results bit-identical; jaxlib 0.10's
-    # barrier flag does not (XLA:CPU then keeps the ResNet blocks' optimisation barriers, fuses
-    # differently and rounds differently), so an empty setting of that flag's name keeps
-    # `xla_flags.apply` from adding it.
-    name = xla_flags.BARRIER_FLAG.split("=")[0]
-    if name not in env.get("XLA_FLAGS", ""):
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" {name}=").strip()
     command = [sys.executable, "-m", "deeplab_jax.main"]
     if fault:
         env["DEEPLAB_FAULT"] = fault

@@ -136,6 +136,7 @@ class Bottleneck(nn.Module):
     stride_on_3x3: bool = False
     projection: bool = False
     zero_init_last_bn: bool = False
+    materialise_output: bool = True  # see _materialised_on_cpu; ResStage decides per stage
     norm: NormConfig = NormConfig()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -164,7 +165,8 @@ def _add_shortcut(block, h, x, train):
             block.out_features, 1, stride=block.plan.stride, relu=False, name="shortcut",
             norm=block.norm, dtype=block.dtype, param_dtype=block.param_dtype,
         )(x, train)
-    return _materialised_on_cpu(nn.relu(h + x.astype(h.dtype)))
+    output = nn.relu(h + x.astype(h.dtype))
+    return _materialised_on_cpu(output) if block.materialise_output else output
 
 
 def _materialised_on_cpu(block_output):
@@ -175,7 +177,10 @@ def _materialised_on_cpu(block_output):
     instead of reading that buffer, so the sum of block k recomputes blocks 1..k-1's sums: in a
     ResNet-101 stage of 23 blocks, fusions reading up to 23 [65, 65, 1024] arrays, 180 ms of a
     1.1 s forward pass at 513x513 (benchmarks/README.md, "Model"). An optimisation barrier keeps
-    the sum where it is; other backends do not recompute and keep the plain value.
+    the sum where it is; other backends do not recompute and keep the plain value. Stages of one
+    or two blocks go without it (`MATERIALISED_STAGE_SIZE`): there the recomputation is one
+    elementwise sum at most, and the barrier would only split fusions (on the demo's one-block
+    stages the train step's speed is the same with and without it).
     """
     return jax.lax.platform_dependent(block_output, cpu=jax.lax.optimization_barrier,
                                       default=lambda value: value)
@@ -190,6 +195,7 @@ class BasicBlock(nn.Module):
     stride_on_3x3: bool = True  # the only layout a basic block has; kept for a uniform signature
     projection: bool = False
     zero_init_last_bn: bool = False
+    materialise_output: bool = True  # see _materialised_on_cpu; ResStage decides per stage
     norm: NormConfig = NormConfig()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -209,6 +215,8 @@ class BasicBlock(nn.Module):
 
 
 BLOCKS = {"bottleneck": (Bottleneck, 4), "basic": (BasicBlock, 1)}
+# The fewest blocks a stage has for its block outputs to be materialised on XLA:CPU.
+MATERIALISED_STAGE_SIZE = 3
 
 
 class ResStage(nn.Module):
@@ -238,8 +246,10 @@ class ResStage(nn.Module):
             x = block_cls(
                 self.width, out_features, plan=BlockPlan(*plan), stride_on_3x3=self.stride_on_3x3,
                 projection=self.first_projection if j == 0 else False,
-                zero_init_last_bn=self.zero_init_last_bn, norm=self.norm, dtype=self.dtype,
-                param_dtype=self.param_dtype, name=f"block{j + 1}",
+                zero_init_last_bn=self.zero_init_last_bn,
+                materialise_output=len(self.schedule) >= MATERIALISED_STAGE_SIZE,
+                norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
+                name=f"block{j + 1}",
             )(x, train)
         return x
 

@@ -14,7 +14,6 @@ then +-1 refinement step) over the same images with the separable CRF (and, with
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -36,13 +35,10 @@ def load_probabilities(workdir, num_images):
         data = np.load(cache)
         count = len(data.files) // len(names)
         return tuple([data[f"{name}_{i}"] for i in range(count)] for name in names)
+    from configs import demo
     from deeplab_jax import evaluate
 
-    spec = importlib.util.spec_from_file_location("demo_config",
-                                                  os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    triples = list(evaluate.collect_val_probabilities(module.get_config(), workdir, num_images))
+    triples = list(evaluate.collect_val_probabilities(demo.get_config(), workdir, num_images))
     images, probs, labels = (list(x) for x in zip(*triples[:num_images]))
     np.savez(cache, **{f"{name}_{i}": array for name, arrays in zip(names, (images, probs, labels))
                        for i, array in enumerate(arrays)})

@@ -140,38 +140,42 @@ class Conv(nn.Module):
         return y
 
 
-def pointwise_as_matmul():
-    """Whether 1x1 convolutions run as matrix products (`conv2d`): on XLA:CPU only.
-
-    On the 2-core CPU this makes a DeepLab-v2 ResNet-101 train step about 3x faster: XLA:CPU
-    lowers the weight gradient of a 1x1 convolution as a convolution whose window is the whole
-    feature map, over transposed copies of the activations, while the gradients of a matrix
-    product are two more matrix products (benchmarks/README.md, "Model"). On GPU/TPU the
-    convolution path is kept: it was not measured slower there.
-    """
-    return jax.default_backend() == "cpu"
-
-
 def conv2d(x_BxHxWxC, kernel_HxWxIxO, stride=1, rate=1, padding=((0, 0), (0, 0)), groups=1,
            precision=None):
-    """NHWC x HWIO convolution; a 1x1 kernel with zero padding is a (strided) matrix product
-    where `pointwise_as_matmul()`, the same function as the convolution."""
+    """NHWC x HWIO convolution. A 1x1 kernel with zero padding is lowered as a (strided) matrix
+    product for XLA:CPU, the same function as the convolution.
+
+    On the 2-core CPU the matrix product makes a DeepLab-v2 ResNet-101 train step about 3x faster:
+    XLA:CPU lowers the weight gradient of a 1x1 convolution as a convolution whose window is the
+    whole feature map, over transposed copies of the activations, while the gradients of a matrix
+    product are two more matrix products (benchmarks/README.md, "Model"). On GPU/TPU the
+    convolution is kept: it was not measured slower there. The choice follows the platform the
+    program is lowered for (`lax.platform_dependent`), not the process's default backend, so a
+    program exported from a CPU host for a GPU gets the convolution.
+    """
+    def convolution(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel,
+            window_strides=(stride, stride),
+            padding=padding,
+            rhs_dilation=(rate, rate),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+            precision=precision,
+        )
+
+    def matrix_product(x, kernel):
+        if stride > 1:
+            x = x[:, ::stride, ::stride]
+        return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())),
+                                   precision=precision)
+
     kh, kw = kernel_HxWxIxO.shape[:2]
     zero_padding = not isinstance(padding, str) and all(p == (0, 0) for p in map(tuple, padding))
-    if (kh, kw) == (1, 1) and groups == 1 and zero_padding and pointwise_as_matmul():
-        if stride > 1:
-            x_BxHxWxC = x_BxHxWxC[:, ::stride, ::stride]
-        return jax.lax.dot_general(x_BxHxWxC, kernel_HxWxIxO[0, 0], (((3,), (0,)), ((), ())),
-                                   precision=precision)
-    return jax.lax.conv_general_dilated(
-        x_BxHxWxC, kernel_HxWxIxO,
-        window_strides=(stride, stride),
-        padding=padding,
-        rhs_dilation=(rate, rate),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-        precision=precision,
-    )
+    if (kh, kw) == (1, 1) and groups == 1 and zero_padding:
+        return jax.lax.platform_dependent(x_BxHxWxC, kernel_HxWxIxO, cpu=matrix_product,
+                                          default=convolution)
+    return convolution(x_BxHxWxC, kernel_HxWxIxO)
 
 
 def remat_policy(remat):

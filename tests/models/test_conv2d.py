@@ -1,5 +1,6 @@
-"""layers.conv2d: the matrix-product path of 1x1 convolutions (XLA:CPU) equals the convolution,
-in value and in both gradients, strided or not; other kernels keep the convolution."""
+"""layers.conv2d: the matrix-product path of 1x1 convolutions (lowered for XLA:CPU) equals the
+convolution, in value and in both gradients, strided or not; other kernels, and programs lowered
+for a GPU, keep the convolution."""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,6 @@ def lax_conv(x, kernel, stride, padding=((0, 0), (0, 0))):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [9, 10])
 def test_pointwise_matmul_equals_the_convolution_and_its_gradients(stride, size):
-    assert layers.pointwise_as_matmul()  # the tests run on CPU
     rng = np.random.default_rng(stride)
     x = jnp.asarray(rng.normal(size=(2, size, size + 1, 6)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(1, 1, 6, 5)), jnp.float32)
@@ -39,5 +39,8 @@ def test_padded_or_wider_kernels_stay_convolutions():
     text = jax.jit(lambda a: layers.conv2d(a, jnp.ones((3, 3, 2, 3)), 1, 2, ((2, 2), (2, 2)))
                    ).lower(x).as_text()
     assert "convolution" in text
-    assert "convolution" not in jax.jit(
-        lambda a: layers.conv2d(a, jnp.ones((1, 1, 2, 3)))).lower(x).as_text()
+    pointwise = jax.jit(lambda a: layers.conv2d(a, jnp.ones((1, 1, 2, 3)), 2)).trace(x)
+    on_cpu = pointwise.lower(lowering_platforms=("cpu",)).as_text()
+    assert "convolution" not in on_cpu and "dot_general" in on_cpu
+    on_gpu = pointwise.lower(lowering_platforms=("cuda",)).as_text()
+    assert "convolution" in on_gpu and "dot_general" not in on_gpu

@@ -118,13 +118,15 @@ class MetricWriter:
                 f"{split}/{name}", np.asarray(image, np.uint8), dataformats="HWC")))
 
     def write_curve(self, step: int, name: str, xs, ys, split: str = "val"):
-        """A curve (e.g. trimap accuracy vs band width) as a TensorBoard scalar series by x."""
+        """A curve (e.g. trimap accuracy vs band width) as a TensorBoard scalar series by x, one
+        series per evaluation step: '<split>/<name>_step<step>' (TensorBoard tags allow only
+        letters, digits and ._/-)."""
         if not self.enabled:
             return
         for x, y in zip(xs, ys):
             if y is not None and math.isfinite(float(y)):
                 self._tb.add(Event(step=int(x), summary=tb_summary.scalar(
-                    f"{split}/{name}@step{int(step)}", float(y))))
+                    f"{split}/{name}_step{int(step)}", float(y))))
 
     def flush(self):
         if not self.enabled or self._failed:

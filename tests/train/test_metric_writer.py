@@ -3,6 +3,7 @@ TensorBoard event file is valid TFRecord framing with the purge marker."""
 
 import glob
 import json
+import logging
 import os
 import struct
 
@@ -63,3 +64,16 @@ def test_read_metrics_keeps_the_last_record_per_split_and_step(tmp_path):
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "spl'  # cut short
     (tmp_path / "metrics.jsonl").write_text(text)
     assert read_metrics(str(tmp_path)) == [records[2], records[1]]
+
+
+def test_curve_is_a_series_by_x_under_a_valid_tag(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with MetricWriter(str(tmp_path), enabled=True) as writer:
+        writer.write_curve(500, "trimap_accuracy", [2, 4, 8], [0.7, 0.8, float("nan")])
+    (path,) = glob.glob(os.path.join(str(tmp_path), "tensorboard", "*tfevents*"))
+    points = [(event.step, value.tag, round(value.simple_value, 6))
+              for event in read_events(path) for value in event.summary.value]
+    assert points == [(2, "val/trimap_accuracy_step500", 0.7),
+                      (4, "val/trimap_accuracy_step500", 0.8)]  # NaN widths are left out
+    # The tag needed no renaming (tensorboardX logs a line per value it renames).
+    assert "illegal" not in caplog.text

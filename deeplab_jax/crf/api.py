@@ -66,9 +66,10 @@ def auto_method(backend=None, traced=False):
     * cpu: "permutohedral" (exact; 0.66-0.97x pydensecrf2's time at VOC size, "meanfield"
       0.56-0.66x since its softmax change, benchmarks/README.md "Dense CRF", 2-core VM: as fast,
       but not exact); under tracing "meanfield" (jit/vmap/grad, 99.8% labels equal to the exact
-      CRF), since the host method has no gradient. "separable" is faster (0.39-0.50x at VOC size
-      on a quiet machine; 129x129: 15 ms against 69 ms exact) but keeps only part of the CRF's
-      mIoU gain at the paper's parameters, so it is never chosen automatically on a CPU.
+      CRF), since the host method has no gradient. "separable" is faster (0.35-0.50x at VOC size
+      on a quiet machine; 129x129: 14 ms against 82 ms exact) but approximates the exact CRF
+      (97.6-99.2% equal labels on photographs, 91-95% of its mIoU gain on the demo), so on a CPU,
+      where the exact one is affordable, it is not chosen automatically.
     * tpu: "separable": its program is matrix products, elementwise maths and loops (checked: no
       sort, scatter or 64-bit integer in its lowered HLO, tests/crf/test_separable.py), while the
       lattice needs a 64-bit key sort and scatter-adds, which TPUs lack or emulate slowly. Not

@@ -1,8 +1,8 @@
 """Mean-field CRF with a separable bilateral filter: dense matrix products only (TPU-ready).
 
 The model is the fully connected CRF of DeepLab-v2 §3.3 (Krähenbühl & Koltun 2011), with the same
-unary, Potts compatibility, symmetric normalisation and exact spatial kernel as
-`deeplab_jax.crf.meanfield`. Only the bilateral kernel
+unary, Potts compatibility and exact spatial kernel (with its symmetric normalisation) as
+`deeplab_jax.crf.meanfield`. Only the bilateral message is computed differently: its kernel
 
     k(i, j) = exp(-|p_i - p_j|^2 / (2 theta_alpha^2) - |I_i - I_j|^2 / (2 theta_beta^2))
 
@@ -10,8 +10,25 @@ is approximated, by separable bilateral filtering (Pham & van Vliet, ICME 2005):
 row with the full position x colour weight between pixels of that row, then the same along every
 column on the result. A pixel thus hears from another through the pixel in its row and the other's
 column, which keeps colour edges (a plain separable Gaussian would blur across them) at the cost of
-some paths that the exact 5-D kernel has and this one misses. The normalisation n = 1/sqrt(F(1))
-uses the same approximate filter F, so messages stay balanced.
+some paths that the exact 5-D kernel has and this one misses. Its normaliser F(1) uses the same
+approximate filter F, so messages stay balanced.
+
+Two choices make the approximation carry the exact CRF's effect (benchmarks/README.md, "Separable
+method"; DeepLab-v2 parameters):
+
+* `normalisation="row"` (default): the message is F(Q) / F(1), a weighted average of the other
+  pixels' Q, instead of the exact CRF's symmetric n * F(n * Q) with n = 1/sqrt(F(1)). The
+  separable kernel is not symmetric and is dominated by each pixel's own weight in textured
+  regions, and with the symmetric form the pixels whose F(1) is smallest send the loudest
+  messages. Measured on the demo val set (mIoU gain kept of the exact CRF's): 0.65 symmetric,
+  0.85 row (photographs: labels equal to the exact CRF 97.8-98.4% either way);
+* `corner_blur` (default 0.7 px): a path from pixel j to pixel i passes the corner pixel c in i's
+  column and j's row and is weighted by the colour match of both legs, |I_i - I_c| and |I_c - I_j|.
+  In a textured region the corner's own noise enters both legs and most paths die, where the
+  exact kernel compares I_i with I_j once. The corner's colour is therefore taken from the image
+  blurred by a Gaussian of `corner_blur` pixels (the legs' ends keep their own colours): across an
+  edge the path still pays the full colour difference once, inside a noisy region it no longer
+  pays the corner's noise twice. Demo gain 0.85 -> 0.91 with row normalisation.
 
 Each pass is a batched matrix product: per line (row or column) a [targets, sources] weight matrix
 times the line's [sources, K] values, so the work lands on matrix units (TPU MXU, tensor cores)
@@ -21,13 +38,11 @@ instead of the sorts, scatter-adds and gathers of a lattice. To keep it cheap:
   the centre there); a line is cut into blocks of targets, each multiplied with the window of
   sources that can reach it (when the window is not shorter than the line, one dense block);
 * strided sources: only positions divisible by `stride` along each pass send messages (the
-  symmetric normalisation absorbs the scale);
+  normalisation absorbs the scale);
 * a wider colour std in the passes (`colour_scale` x theta_beta, default 2): a path needs its
-  corner pixel to match both ends in colour, which in textured regions few do at theta_beta = 3,
-  so the separable kernel at theta_beta carries much less mass than the exact one. Measured
-  (benchmarks/README.md), x2 raises the labels equal to the exact CRF on 3 of 4 VOC-size inputs
-  (e.g. 97.8 -> 98.3%) and the demo's mIoU gain kept from 35% to 59% (x4: 89%, but photographs
-  drop to 96.7%);
+  corner pixel to match both ends in colour, so at theta_beta the separable kernel carries much
+  less mass than the exact one (symmetric normalisation, no corner blur: demo gain 0.35 at x1,
+  0.59 at x2; x3 and more cost agreement on photographs, e.g. chelsea 97.4% at x3);
 * the row pass filters only the rows the column pass reads (every stride-th): exact, and it
   halves the row pass's products and weights at stride 2;
 * weights are built once per image and reused by every iteration when they fit
@@ -42,7 +57,6 @@ Everything has static shapes, float32 (optionally bfloat16 weights), no sort, no
 
 import dataclasses
 import functools
-import math
 import typing
 
 import jax
@@ -50,8 +64,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from deeplab_jax.crf import meanfield
-from deeplab_jax.crf.fast_math import exp_nonpositive, softmax_over_classes
+from deeplab_jax.crf.fast_math import softmax_over_classes
 from deeplab_jax.crf.params import CRFParams, register_pytree
+from deeplab_jax.crf.separable_passes import (Geometry, apply_weights, band_radius, build_weights,
+                                              chunk_lines, geometry)
 
 register_pytree()
 
@@ -70,127 +86,23 @@ class SeparableOptions:
     weight_dtype: str = "bfloat16"  # of the weights and values in the products ("float32")
     max_stored_bytes: int = 512 << 20  # keep both passes' weights across iterations up to this
     chunk_bytes: int = 64 << 20  # weight bytes per chunk of lines (bounds the temporaries)
+    normalisation: str = "row"  # "row": F(Q) / F(1); "symmetric": n F(n Q), n = F(1)^-1/2
+    corner_blur: float = 0.7  # Gaussian std (pixels) of the corners' colours; 0: the image's own
 
     def validate(self):
-        if self.stride < 1 or self.min_block < 1 or self.truncation <= 0 or self.colour_scale <= 0:
-            raise ValueError(f"SeparableOptions needs stride >= 1, min_block >= 1, truncation > 0 "
-                             f"and colour_scale > 0, got {self}")
+        if (self.stride < 1 or self.min_block < 1 or self.truncation <= 0
+                or self.colour_scale <= 0 or self.corner_blur < 0):
+            raise ValueError(f"SeparableOptions needs stride >= 1, min_block >= 1, truncation > 0, "
+                             f"colour_scale > 0 and corner_blur >= 0, got {self}")
         if self.weight_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"weight_dtype must be float32 or bfloat16, got {self.weight_dtype}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got "
+                             f"{self.normalisation!r}")
         return self
 
 
-_ALIGN = 16  # sources (the contraction) padded to a multiple of this: measured 1.5x faster
-
-
-class Geometry(typing.NamedTuple):
-    """How one pass cuts a line of `length` pixels into blocks of targets (all static).
-
-    Banded (halo 1): block b's targets [b T, (b+1) T) read the source window [(b-1) T, (b+2) T),
-    which covers the band when T >= its radius. Dense (halo 0): one block, the whole line.
-    """
-
-    length: int
-    block: int  # targets per block (T)
-    halo: int  # 1: banded, 0: dense
-    num_blocks: int
-    stride: int
-    sources: int  # source positions per window (every stride-th; padded with zero weights)
-
-    @property
-    def left(self):  # padding before the line (one block when banded)
-        return self.halo * self.block
-
-    @property
-    def padded(self):  # line length after padding
-        return max((self.num_blocks + 2 * self.halo) * self.block, self.sources * self.stride)
-
-
-def _round_up(value, multiple):
-    return -(-value // multiple) * multiple
-
-
-def geometry(length, radius, options):
-    """Banded blocks of >= max(radius, min_block) targets, or one dense block if not cheaper."""
-    stride = options.stride
-    dense = Geometry(length, _round_up(length, 8), 0, 1, stride,
-                     _round_up(-(-length // stride), _ALIGN))
-    block = _round_up(max(radius, options.min_block), _ALIGN * stride)
-    banded = Geometry(length, block, 1, -(-length // block), stride, 3 * block // stride)
-    cost = lambda g: g.num_blocks * g.block * g.sources
-    return banded if cost(banded) < cost(dense) else dense
-
-
-def band_radius(xy_std, options):
-    """Static band half-width in pixels for a (static, or static upper bound of) theta_alpha."""
-    return int(math.ceil(options.truncation * float(xy_std)))
-
-
-def _pad_line(values_LxNxC, geo):
-    after = geo.padded - geo.left - geo.length
-    return jnp.pad(values_LxNxC, ((0, 0), (geo.left, after), (0, 0)))
-
-
-def _windows(strided_LxPxC, geo):
-    """Padded lines at the source positions only (every stride-th pixel) -> source windows
-    [lines, blocks, sources, C], by static slices only."""
-    lines, _, channels = strided_LxPxC.shape
-    if geo.halo == 0:
-        return strided_LxPxC[:, None, :geo.sources]
-    step = geo.block // geo.stride  # block and left padding are multiples of the stride
-    blocks = strided_LxPxC[:, :(geo.num_blocks + 2) * step].reshape(
-        lines, geo.num_blocks + 2, step, channels)
-    return jnp.concatenate([blocks[:, k:k + geo.num_blocks] for k in range(3)], axis=2)
-
-
-def _targets(padded_LxPxC, geo):
-    lines, _, channels = padded_LxPxC.shape
-    return padded_LxPxC[:, geo.left:geo.left + geo.num_blocks * geo.block].reshape(
-        lines, geo.num_blocks, geo.block, channels)
-
-
-def build_weights(colours_LxNx3, geo, xy_std, truncation, dtype):
-    """Weights of one pass for a batch of lines: [lines, blocks, targets, sources].
-
-    colours: the line's colours divided by theta_beta; xy_std may be traced. Weight between target
-    position t and source position u of a line: exp(-(t-u)^2/(2 xy_std^2) - |c_t - c_u|^2 / 2) when
-    |t - u| <= truncation * xy_std and u is a multiple of the stride, else 0 (padding sources
-    carry zero values).
-    """
-    padded = _pad_line(colours_LxNx3, geo)
-    targets = _targets(padded, geo)[:, :, :, None]  # [lines, blocks, T, 1, 3]
-    sources = _windows(padded[:, ::geo.stride], geo)[:, :, None]  # [lines, blocks, 1, S, 3]
-    # Target t of any block sits at t + left in its window; source j at j * stride.
-    offsets = (np.arange(geo.block)[:, None] + geo.left
-               - geo.stride * np.arange(geo.sources)[None, :]).astype(np.float32)
-    xy_std = jnp.asarray(xy_std, jnp.float32)
-    spatial = 0.5 * jnp.square(offsets / xy_std)
-    spatial = jnp.where(np.abs(offsets) <= truncation * xy_std, spatial, jnp.inf)
-    colour = sum(jnp.square(targets[..., c] - sources[..., c]) for c in range(3))
-    return exp_nonpositive(-(spatial[None, None] + 0.5 * colour)).astype(dtype)
-
-
-def apply_weights(weights, values_LxNxC, geo, strided=False):
-    """One pass: [lines, length, C] values -> [lines, length, C] messages (float32).
-
-    strided: the values are given at the source positions only ([lines, ceil(length / stride),
-    C]: the row pass computes only the rows the column pass reads).
-    """
-    lines, _, channels = values_LxNxC.shape
-    if not strided:
-        values_LxNxC = values_LxNxC[:, ::geo.stride]
-    left = geo.left // geo.stride
-    after = geo.padded // geo.stride - left - values_LxNxC.shape[1]
-    sources = _windows(jnp.pad(values_LxNxC.astype(weights.dtype),
-                               ((0, 0), (left, after), (0, 0))), geo)
-    out = jnp.einsum("lbts,lbsc->lbtc", weights, sources, preferred_element_type=jnp.float32)
-    return out.reshape(lines, geo.num_blocks * geo.block, channels)[:, :geo.length]
-
-
-def chunk_lines(geo, lines, options):
-    """Lines per chunk: as many as keep one chunk's weights under `options.chunk_bytes`."""
-    per_line = geo.num_blocks * geo.block * geo.sources * np.dtype(options.weight_dtype).itemsize
-    return max(1, min(lines, options.chunk_bytes // per_line))
+NORMALISATIONS = ("row", "symmetric")
 
 
 def _take_lines(array_HxWxC, axis, start, count, step=1):
@@ -260,26 +172,28 @@ def separable_filter(prepared, values_HxWxC, lay, xy_std, options, scale=None, e
                                 strided=True)
         return epilogue(columns.transpose(1, 0, 2), lambda array: array)
 
-    def rebuild_and_apply(colours, values, geo, strided=False):
+    def rebuild_and_apply(target_colours, source_colours, values, geo, strided=False):
         @jax.checkpoint  # gradients rebuild the weights rather than keep every chunk's
-        def rebuild_and_apply_(colours, values):
-            weights = build_weights(colours, geo, xy_std, options.truncation, dtype)
+        def rebuild_and_apply_(target_colours, source_colours, values):
+            weights = build_weights(target_colours, source_colours, geo, xy_std,
+                                    options.truncation, dtype)
             return apply_weights(weights, values, geo, strided)
 
-        return rebuild_and_apply_(colours, values)
+        return rebuild_and_apply_(target_colours, source_colours, values)
 
     height, width, channels = values_HxWxC.shape
-    colours = prepared.colours
+    colours, corners = prepared.colours, prepared.corner_colours
     # The column pass casts its input to the weight dtype, so holding the row pass's result in it
     # changes nothing and halves that buffer in bfloat16.
     source_rows = -(-height // stride)
+    # Row pass: the targets are the paths' corners; column pass: the corners are the sources.
     rows = _over_line_chunks(
-        lambda take: rebuild_and_apply(take(colours), scaled(take), lay.row),
+        lambda take: rebuild_and_apply(take(corners), take(colours), scaled(take), lay.row),
         jnp.zeros((source_rows, width, channels), dtype), 0,
         chunk_lines(lay.row, source_rows, options), stride)
     return _over_line_chunks(
-        lambda take: epilogue(
-            rebuild_and_apply(take(colours), take(rows), lay.column, strided=True), take),
+        lambda take: epilogue(rebuild_and_apply(take(colours), take(corners), take(rows),
+                                                lay.column, strided=True), take),
         jnp.zeros((height, width, channels), jnp.float32), 1,
         chunk_lines(lay.column, width, options))
 
@@ -289,9 +203,13 @@ class Prepared(typing.NamedTuple):
 
     neg_unary: jax.Array  # [H, W, K] log(clip(p, 1e-5, 1))
     spatial_norm: jax.Array  # [H, W, 1]
+    # The bilateral message is bilateral_norm * F(bilateral_source * Q): row normalisation
+    # 1 / F(1) and valid; symmetric n and n * valid, n = 1 / sqrt(F(1)).
     bilateral_norm: jax.Array  # [H, W, 1]
+    bilateral_source: jax.Array  # [H, W, 1]
     valid: jax.Array  # [H, W, 1] float32
     colours: jax.Array  # [H, W, 3] colour / (colour_scale * theta_beta)
+    corner_colours: jax.Array  # [H, W, 3] the same of the blurred image (the paths' corners)
     # Stored weights [lines, blocks, targets, sources] of each pass, or None (rebuilt per
     # iteration). The row pass has only every stride-th row (the column pass's sources).
     rows: typing.Optional[jax.Array]
@@ -327,23 +245,31 @@ def prepare(image_HxWx3, probs_HxWxK, bi_xy_std, bi_rgb_std, *, pos_xy_std, lay,
              else valid_HxW.astype(jnp.float32)[..., None])
     neg_unary = jnp.log(jnp.clip(probs_HxWxK.astype(jnp.float32), meanfield.UNARY_CLIP, 1.0))
     spatial_norm = 1.0 / jnp.sqrt(meanfield.spatial_filter(valid, pos_xy_std) + _NORM_EPS)
-    colours = image_HxWx3.astype(jnp.float32) / (
-        jnp.asarray(bi_rgb_std, jnp.float32) * options.colour_scale)
+    colour_std = jnp.asarray(bi_rgb_std, jnp.float32) * options.colour_scale
+    colours = image_HxWx3.astype(jnp.float32) / colour_std
+    corners = colours
+    if options.corner_blur > 0:  # a Gaussian average over the valid pixels only
+        blur = functools.partial(meanfield.spatial_filter, std=options.corner_blur)
+        corners = blur(colours * valid) / (blur(valid) + _NORM_EPS)
     rows = columns = None
     if lay.store:  # one fused elementwise computation per pass, written once in weight_dtype
         dtype = jnp.dtype(options.weight_dtype)
-        rows = build_weights(colours[::options.stride], lay.row, bi_xy_std, options.truncation,
-                             dtype)
-        columns = build_weights(colours.transpose(1, 0, 2), lay.column, bi_xy_std,
-                                options.truncation, dtype)
-    prepared = Prepared(neg_unary, spatial_norm, None, valid, colours, rows, columns)
+        stride = options.stride
+        rows = build_weights(corners[::stride], colours[::stride], lay.row, bi_xy_std,
+                             options.truncation, dtype)
+        columns = build_weights(colours.transpose(1, 0, 2), corners.transpose(1, 0, 2),
+                                lay.column, bi_xy_std, options.truncation, dtype)
+    prepared = Prepared(neg_unary, spatial_norm, None, None, valid, colours, corners, rows,
+                        columns)
     # F(1) filtered as 8 identical channels: with one channel XLA:CPU turns the products into
     # matrix-vector products that it computes after converting all the weights to float32 (~240
     # MB at VOC size), which made `prepare` 1.7x slower (benchmarks/README.md).
     ones = jnp.broadcast_to(valid, (height, width, _NORM_CHANNELS))
-    bilateral_norm = 1.0 / jnp.sqrt(
-        separable_filter(prepared, ones, lay, bi_xy_std, options)[..., :1] + _NORM_EPS)
-    return prepared._replace(bilateral_norm=bilateral_norm)
+    mass = separable_filter(prepared, ones, lay, bi_xy_std, options)[..., :1] + _NORM_EPS
+    if options.normalisation == "row":
+        return prepared._replace(bilateral_norm=1.0 / mass, bilateral_source=valid)
+    norm = 1.0 / jnp.sqrt(mass)
+    return prepared._replace(bilateral_norm=norm, bilateral_source=norm * valid)
 
 
 def iterate(prepared, pos_w, bi_w, *, pos_xy_std, bi_xy_std, iterations, lay, options):
@@ -351,7 +277,6 @@ def iterate(prepared, pos_w, bi_w, *, pos_xy_std, bi_xy_std, iterations, lay, op
     pos_w = jnp.asarray(pos_w, jnp.float32)
     bi_w = jnp.asarray(bi_w, jnp.float32)
     spatial_scale = prepared.spatial_norm * prepared.valid
-    bilateral_scale = prepared.bilateral_norm * prepared.valid
 
     def iteration(q, _):
         spatial = prepared.spatial_norm * meanfield.spatial_filter(spatial_scale * q, pos_xy_std)
@@ -360,7 +285,8 @@ def iterate(prepared, pos_w, bi_w, *, pos_xy_std, bi_xy_std, iterations, lay, op
             return softmax_over_classes(take(prepared.neg_unary) + pos_w * take(spatial)
                                         + bi_w * (take(prepared.bilateral_norm) * bilateral))
 
-        return separable_filter(prepared, q, lay, bi_xy_std, options, scale=bilateral_scale,
+        return separable_filter(prepared, q, lay, bi_xy_std, options,
+                                scale=prepared.bilateral_source,
                                 epilogue=update), None
 
     q, _ = jax.lax.scan(iteration, softmax_over_classes(prepared.neg_unary), None,

@@ -6,34 +6,48 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.ndimage
 
 from deeplab_jax.crf import CRFParams, DEEPLAB_V2, dense_crf
 from deeplab_jax.crf import api, meanfield, separable
 
 from . import cluster_probs, photo, softmax
 
-F32 = dict(weight_dtype="float32", colour_scale=1.0)
+F32 = dict(weight_dtype="float32", colour_scale=1.0, corner_blur=0.0)
 
 
-def brute_force_separable(image, values, xy_std, rgb_std, truncation, stride):
+def blurred(image, std):
+    """The image blurred by a Gaussian of `std` pixels truncated at 4 std, weights renormalised
+    over the pixels inside the image (float64, scipy)."""
+    radius = int(np.ceil(4 * std))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / std) ** 2)
+    blur = lambda x: scipy.ndimage.convolve1d(
+        scipy.ndimage.convolve1d(x, taps, axis=0, mode="constant"), taps, axis=1, mode="constant")
+    return blur(image.astype(np.float64)) / blur(np.ones(image.shape))
+
+
+def brute_force_separable(image, values, xy_std, rgb_std, truncation, stride, corners=None):
     """The row-then-column filter in float64 from its definition: per line a full weight matrix
     exp(-(t-u)^2 / (2 xy^2) - |I_t - I_u|^2 / (2 rgb^2)), zero beyond truncation * xy and for
-    sources u not divisible by the stride."""
+    sources u not divisible by the stride. `corners`: the image whose colours the paths' corner
+    pixels take (the row pass's targets and the column pass's sources; default: `image`)."""
     colours = image.astype(np.float64) / rgb_std
+    corners = colours if corners is None else corners.astype(np.float64) / rgb_std
 
-    def one_pass(colours_LxNx3, values_LxNxC):
-        length = colours_LxNx3.shape[1]
+    def one_pass(targets_LxNx3, sources_LxNx3, values_LxNxC):
+        length = targets_LxNx3.shape[1]
         t, u = np.arange(length)[:, None], np.arange(length)[None, :]
         keep = (np.abs(t - u) <= truncation * xy_std) & (u % stride == 0)
         out = np.empty(values_LxNxC.shape)
-        for line in range(colours_LxNx3.shape[0]):
-            c = colours_LxNx3[line]
-            squared = ((c[:, None] - c[None]) ** 2).sum(-1) + ((t - u) / xy_std) ** 2
+        for line in range(targets_LxNx3.shape[0]):
+            ct, cs = targets_LxNx3[line], sources_LxNx3[line]
+            squared = ((ct[:, None] - cs[None]) ** 2).sum(-1) + ((t - u) / xy_std) ** 2
             out[line] = (np.exp(-0.5 * squared) * keep) @ values_LxNxC[line]
         return out
 
-    rows = one_pass(colours, values.astype(np.float64))
-    return one_pass(colours.transpose(1, 0, 2), rows.transpose(1, 0, 2)).transpose(1, 0, 2)
+    rows = one_pass(corners, colours, values.astype(np.float64))
+    return one_pass(colours.transpose(1, 0, 2), corners.transpose(1, 0, 2),
+                    rows.transpose(1, 0, 2)).transpose(1, 0, 2)
 
 
 def _filter(image, values, xy_std, rgb_std, options):
@@ -53,24 +67,31 @@ def _filter(image, values, xy_std, rgb_std, options):
     # Rebuilt in chunks whose last one overlaps the previous, the row pass on rows 0, 3, ..., 18.
     (1.5, 3, 1, False, 19),
 ])
-def test_filter_is_the_brute_force_separable_filter(xy_std, stride, min_block, store, height):
+@pytest.mark.parametrize("corner_blur", [0.0, 1.0])
+def test_filter_is_the_brute_force_separable_filter(xy_std, stride, min_block, store, height,
+                                                     corner_blur):
     image = photo("astronaut", height, 160)
     values = np.random.default_rng(0).random((height, 160, 3))
     options = separable.SeparableOptions(stride=stride, min_block=min_block, chunk_bytes=5000,
-                                         max_stored_bytes=(1 << 30) if store else 0, **F32)
+                                         max_stored_bytes=(1 << 30) if store else 0,
+                                         **{**F32, "corner_blur": corner_blur})
     ours, lay = _filter(image, values, xy_std, 10.0, options)
     assert lay.store == store
     if min_block == 1:
         assert lay.row.halo == 1 and lay.row.num_blocks > 1  # the banded path is the one tested
-    expected = brute_force_separable(image, values, xy_std, 10.0, 3.0, stride)
-    assert np.abs(ours - expected).max() <= 2e-6 * np.abs(expected).max()
+    corners = blurred(image, corner_blur) if corner_blur else None
+    expected = brute_force_separable(image, values, xy_std, 10.0, 3.0, stride, corners)
+    # The blurred colours are computed in float32 (relative error ~1e-7 of values ~25).
+    tolerance = 1e-5 if corner_blur else 2e-6
+    assert np.abs(ours - expected).max() <= tolerance * np.abs(expected).max()
 
 
 def test_bfloat16_weights_are_close_to_float32():
     image = photo("coffee", 24, 40)
     values = np.random.default_rng(1).random((24, 40, 3))
     f32, _ = _filter(image, values, 10.0, 5.0, separable.SeparableOptions(**F32))
-    bf16, _ = _filter(image, values, 10.0, 5.0, separable.SeparableOptions(colour_scale=1.0))
+    bf16, _ = _filter(image, values, 10.0, 5.0, separable.SeparableOptions(colour_scale=1.0,
+                                                                      corner_blur=0.0))
     assert np.abs(bf16 - f32).max() <= 2e-2 * np.abs(f32).max()
 
 
@@ -120,19 +141,25 @@ def test_working_memory_at_cityscapes_size():
     assert temp <= 6 * height * width * classes * 4
 
 
-def test_one_iteration_is_the_mean_field_update():
+@pytest.mark.parametrize("normalisation", separable.NORMALISATIONS)
+def test_one_iteration_is_the_mean_field_update(normalisation):
+    """Row normalisation: the bilateral message F(Q) / F(1), a weighted average of Q; symmetric:
+    n F(n Q) with n = F(1)^-1/2, the exact CRF's form. The spatial term is the exact CRF's."""
     image = photo("chelsea", 16, 20)
     probs, _ = cluster_probs(image, 3)
     params = CRFParams(iterations=1, bi_w=5.0, bi_xy_std=6.0, bi_rgb_std=8.0, pos_w=2.0,
                        pos_xy_std=1.5)
-    options = separable.SeparableOptions(stride=1, **F32)
+    options = separable.SeparableOptions(stride=1, **{**F32, "corner_blur": 0.8},
+                                         normalisation=normalisation)
     q0 = softmax(np.log(np.clip(probs.astype(np.float64), 1e-5, 1.0)))
-    bilateral = lambda v: brute_force_separable(image, v, 6.0, 8.0, 3.0, 1)
+    bilateral = lambda v: brute_force_separable(image, v, 6.0, 8.0, 3.0, 1, blurred(image, 0.8))
     spatial = lambda v: np.asarray(meanfield.spatial_filter(jnp.asarray(v, jnp.float32), 1.5))
-    n_b = 1 / np.sqrt(bilateral(np.ones((16, 20, 1))))
+    mass = bilateral(np.ones((16, 20, 1)))
+    message = (bilateral(q0) / mass if normalisation == "row"
+               else bilateral(q0 / np.sqrt(mass)) / np.sqrt(mass))
     n_s = 1 / np.sqrt(spatial(np.ones((16, 20, 1))))
     expected = softmax(np.log(np.clip(probs.astype(np.float64), 1e-5, 1.0))
-                       + 2.0 * n_s * spatial(n_s * q0) + 5.0 * n_b * bilateral(n_b * q0))
+                       + 2.0 * n_s * spatial(n_s * q0) + 5.0 * message)
     ours = np.asarray(dense_crf(image, probs, params, method="separable",
                                 separable_options=options))
     np.testing.assert_allclose(ours, expected, atol=2e-5)
@@ -140,15 +167,17 @@ def test_one_iteration_is_the_mean_field_update():
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
 def test_agrees_with_the_exact_crf_on_photographs(name):
-    """Measured at 96x128 with these inputs: 96.4 / 97.4 / 96.1% labels equal to the exact
-    (permutohedral) CRF (small images: the CRF changes 12-18% of the labels); at VOC size
-    98.3 / 98.6 / 98.0% (benchmarks/README.md). 95% leaves a margin."""
+    """Measured at 96x128 with these inputs: 94.6 / 96.7 / 95.9% labels equal to the exact
+    (permutohedral) CRF with the default options (symmetric normalisation without corner blur:
+    96.4 / 97.4 / 96.1%; small images: the CRF changes 12-18% of the labels); at VOC size
+    98.1 / 98.4 / 97.7% (benchmarks/README.md). 93% leaves a margin; a filter that lost the
+    colour term or a pass stays far below it."""
     image = photo(name, 96, 128)
     probs, _ = cluster_probs(image, 3)
     exact = dense_crf(image, probs, method="permutohedral").argmax(-1)
     ours = np.asarray(dense_crf(image, probs, method="separable")).argmax(-1)
     assert np.mean(exact != probs.argmax(-1)) > 0.02  # the CRF has work to do
-    assert np.mean(ours == exact) >= 0.95
+    assert np.mean(ours == exact) >= 0.93
 
 
 def test_jit_vmap_and_batched_inputs_agree(small_batch):
@@ -240,3 +269,9 @@ def test_bad_options():
     with pytest.raises(ValueError, match="weight_dtype"):
         dense_crf(image, probs, method="separable",
                   separable_options=separable.SeparableOptions(weight_dtype="float16"))
+    with pytest.raises(ValueError, match="normalisation"):
+        dense_crf(image, probs, method="separable",
+                  separable_options=separable.SeparableOptions(normalisation="l1"))
+    with pytest.raises(ValueError, match="corner_blur"):
+        dense_crf(image, probs, method="separable",
+                  separable_options=separable.SeparableOptions(corner_blur=-1.0))

@@ -21,7 +21,7 @@ method"; DeepLab-v2 parameters):
   separable kernel is not symmetric and is dominated by each pixel's own weight in textured
   regions, and with the symmetric form the pixels whose F(1) is smallest send the loudest
   messages. Measured on the demo val set (mIoU gain kept of the exact CRF's): 0.65 symmetric,
-  0.85 row (photographs: labels equal to the exact CRF 97.8-98.4% either way);
+  0.85 row (photographs: labels equal to the exact CRF 97.8-98.6% either way);
 * `corner_blur` (default 0.7 px): a path from pixel j to pixel i passes the corner pixel c in i's
   column and j's row and is weighted by the colour match of both legs, |I_i - I_c| and |I_c - I_j|.
   In a textured region the corner's own noise enters both legs and most paths die, where the

@@ -191,8 +191,10 @@ def with_nontrivial_batchnorm(variables, seed=0):
 def batchnorm_model(name, overrides, num_classes=5):
     """(model, variables) of a registered model with BatchNorm drawn away from identity."""
     model = models.get_model(name, num_classes, **overrides)
-    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                           images(batch=1), train=False)
+    # Any parameter values do; keys of the "rbg" generator make the eager initialisation several
+    # times faster than the default threefry ones (Xception-65 at 1/8 width: 14.8 -> 6.8 s).
+    keys = {"params": jax.random.key(0, impl="rbg"), "dropout": jax.random.key(1, impl="rbg")}
+    variables = model.init(keys, images(batch=1), train=False)
     return model, with_nontrivial_batchnorm(variables)
 
 

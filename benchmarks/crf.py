@@ -49,6 +49,13 @@ def separable_options(method):
     return SeparableOptions(**changes).validate()
 
 
+def dense_crf_arguments(method):
+    """A method name of these scripts -> (dense_crf's method, its keyword arguments)."""
+    if method.startswith("separable"):
+        return "separable", dict(separable_options=separable_options(method))
+    return method, {}
+
+
 def split_methods(text):
     """Comma-separated methods; commas inside [...] belong to a separable variant."""
     return [m for m in re.split(r",(?![^\[]*\])", text) if m]
@@ -99,13 +106,10 @@ def worker(method, inputs_path, output_path, repeats):
     else:
         from deeplab_jax.crf import dense_crf
 
-        kwargs = {}
         if method in ("meanfield", "auto") or method.startswith("separable"):
             # JAX in the baseline, not in "+run".
             import deeplab_jax.crf.meanfield  # noqa: F401
-        if method.startswith("separable"):
-            kwargs = dict(separable_options=separable_options(method))
-            method = "separable"
+        method, kwargs = dense_crf_arguments(method)
 
         def run():
             return np.asarray(dense_crf(image, probs, method=method, **kwargs))

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.crf import separable_options, split_methods  # noqa: E402
+from benchmarks.crf import dense_crf_arguments, split_methods  # noqa: E402
 
 
 def load_probabilities(workdir, num_images):
@@ -49,10 +49,7 @@ def run_method(method, images, probs):
     """Labels of every image and the wall time (a first call per image size is a warm-up)."""
     from deeplab_jax.crf import dense_crf
 
-    kwargs = {}
-    if method.startswith("separable"):
-        kwargs = dict(separable_options=separable_options(method))
-        method = "separable"
+    method, kwargs = dense_crf_arguments(method)
     seen = set()
     for image, prob in zip(images, probs):
         if image.shape not in seen:

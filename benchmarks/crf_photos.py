@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.crf import SIZES, make_inputs, separable_options, split_methods  # noqa: E402
+from benchmarks.crf import SIZES, dense_crf_arguments, make_inputs, split_methods  # noqa: E402
 from tests.crf import cluster_probs, photo  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -42,10 +42,7 @@ def inputs(size):
 def labels(method, image, probs):
     from deeplab_jax.crf import dense_crf
 
-    kwargs = {}
-    if method.startswith("separable"):
-        kwargs = dict(separable_options=separable_options(method))
-        method = "separable"
+    method, kwargs = dense_crf_arguments(method)
     return np.asarray(dense_crf(image, probs, method=method, **kwargs)).argmax(-1)
 
 

@@ -7,7 +7,8 @@
 permutohedral lattice. `method="permutohedral"`: exact host version in numpy/scipy (the reference
 for the others). `method="separable"`: pure JAX of dense matrix products only (separable bilateral
 filtering, `deeplab_jax.crf.separable`; no sort, scatter or 64-bit integers: TPU-ready), ~98%
-labels equal to the exact CRF on photographs and ~90% of its mIoU gain on the demo data. `method="auto"`: chosen by backend (`auto_method`).
+labels equal to the exact CRF on photographs and ~90% of its mIoU gain on the demo data.
+`method="auto"`: chosen by backend (`auto_method`).
 `deeplab_jax.crf.tune` is the command line of the paper's coarse-to-fine parameter search
 (§4.1.1, `deeplab_jax.evaluation.crf_search`).
 """

@@ -138,6 +138,15 @@ def _over_line_chunks(fn, out, axis, chunk, step=1):
     return jax.lax.fori_loop(0, num, body, out)
 
 
+def pass_weights(corners_LxNx3, colours_LxNx3, geo, xy_std, options, row):
+    """One pass's weights for a batch of lines of corner and own colours. A path's corner is the
+    row pass's target and the column pass's source; the other end keeps its own colour."""
+    targets, sources = ((corners_LxNx3, colours_LxNx3) if row
+                        else (colours_LxNx3, corners_LxNx3))
+    return build_weights(targets, sources, geo, xy_std, options.truncation,
+                         jnp.dtype(options.weight_dtype))
+
+
 def _identity_epilogue(message, take):
     del take
     return message
@@ -172,28 +181,24 @@ def separable_filter(prepared, values_HxWxC, lay, xy_std, options, scale=None, e
                                 strided=True)
         return epilogue(columns.transpose(1, 0, 2), lambda array: array)
 
-    def rebuild_and_apply(target_colours, source_colours, values, geo, strided=False):
+    def rebuild_and_apply(take, values, geo, row):
         @jax.checkpoint  # gradients rebuild the weights rather than keep every chunk's
-        def rebuild_and_apply_(target_colours, source_colours, values):
-            weights = build_weights(target_colours, source_colours, geo, xy_std,
-                                    options.truncation, dtype)
-            return apply_weights(weights, values, geo, strided)
+        def rebuild_and_apply_(corners, colours, values):
+            weights = pass_weights(corners, colours, geo, xy_std, options, row)
+            return apply_weights(weights, values, geo, strided=not row)
 
-        return rebuild_and_apply_(target_colours, source_colours, values)
+        return rebuild_and_apply_(take(prepared.corner_colours), take(prepared.colours), values)
 
     height, width, channels = values_HxWxC.shape
-    colours, corners = prepared.colours, prepared.corner_colours
     # The column pass casts its input to the weight dtype, so holding the row pass's result in it
     # changes nothing and halves that buffer in bfloat16.
     source_rows = -(-height // stride)
-    # Row pass: the targets are the paths' corners; column pass: the corners are the sources.
     rows = _over_line_chunks(
-        lambda take: rebuild_and_apply(take(corners), take(colours), scaled(take), lay.row),
+        lambda take: rebuild_and_apply(take, scaled(take), lay.row, row=True),
         jnp.zeros((source_rows, width, channels), dtype), 0,
         chunk_lines(lay.row, source_rows, options), stride)
     return _over_line_chunks(
-        lambda take: epilogue(rebuild_and_apply(take(colours), take(corners), take(rows),
-                                                lay.column, strided=True), take),
+        lambda take: epilogue(rebuild_and_apply(take, take(rows), lay.column, row=False), take),
         jnp.zeros((height, width, channels), jnp.float32), 1,
         chunk_lines(lay.column, width, options))
 
@@ -253,12 +258,11 @@ def prepare(image_HxWx3, probs_HxWxK, bi_xy_std, bi_rgb_std, *, pos_xy_std, lay,
         corners = blur(colours * valid) / (blur(valid) + _NORM_EPS)
     rows = columns = None
     if lay.store:  # one fused elementwise computation per pass, written once in weight_dtype
-        dtype = jnp.dtype(options.weight_dtype)
         stride = options.stride
-        rows = build_weights(corners[::stride], colours[::stride], lay.row, bi_xy_std,
-                             options.truncation, dtype)
-        columns = build_weights(colours.transpose(1, 0, 2), corners.transpose(1, 0, 2),
-                                lay.column, bi_xy_std, options.truncation, dtype)
+        rows = pass_weights(corners[::stride], colours[::stride], lay.row, bi_xy_std, options,
+                            row=True)
+        columns = pass_weights(corners.transpose(1, 0, 2), colours.transpose(1, 0, 2),
+                               lay.column, bi_xy_std, options, row=False)
     prepared = Prepared(neg_unary, spatial_norm, None, None, valid, colours, corners, rows,
                         columns)
     # F(1) filtered as 8 identical channels: with one channel XLA:CPU turns the products into

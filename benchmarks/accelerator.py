@@ -260,8 +260,11 @@ def collect(child, framework, cases, deadline):
         note = "timeout (time budget)"
     results = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     done = {r["case"] for r in results}
-    return results + [{"case": c, "framework": framework, "error": note} for c in cases
-                      if c not in done]
+    results += [{"case": c, "framework": framework, "error": note} for c in cases if c not in done]
+    for r in results:  # progress: the table comes only at the end
+        print(f"[{time.strftime('%H:%M:%S')}] {framework} {r['case']}: "
+              f"{r.get('value', r.get('error'))}", file=sys.stderr, flush=True)
+    return results
 
 
 def run_all(args, groups, env):
@@ -291,6 +294,8 @@ def print_table(results, smoke):
     print("| measurement | ours | PyTorch | ours / PyTorch | ours peak MiB | PyTorch peak MiB |")
     print("|---|---|---|---|---|---|")
     for name, (kind, arch, dtype, _, _) in SPECS.items():
+        if ("jax", name) not in by and ("torch", name) not in by:
+            continue  # not asked for (--only)
         batch, crop = sizes(name, smoke)
         label = (f"{kind} {LABELS[arch]} {dtype}, batch {batch}, crop {crop} (images/s)")
         ours, ref = by.get(("jax", name), {}), by.get(("torch", name), {})

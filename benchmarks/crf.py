@@ -14,11 +14,12 @@ run one after the other in one invocation, so they share the machine's load. The
 scikit-image's astronaut resized; the probabilities are a noisy, blurred colour clustering of it,
 softmaxed. DeepLab-v2 parameters, 10 iterations. "separable[k=v,...]" runs the separable method
 with those `SeparableOptions` fields changed. On an accelerator, `--device-batches 1,8` instead
-reports milliseconds per VOC image at those batch sizes for `--device-methods` (default meanfield
-and separable); it runs on whatever JAX's default device is and needs no accelerator.
+reports milliseconds per image at those batch sizes and `--sizes` for `--device-methods` (default
+meanfield and separable); it runs on whatever JAX's default device is and needs no accelerator.
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -125,17 +126,18 @@ def worker(method, inputs_path, output_path, repeats):
         json.dump({"times": times, "peak_rss_mb": _rss_mb(), "rss_before_mb": rss_before}, f)
 
 
-def device_timing(batches, repeats, methods):
-    """Milliseconds per VOC image on the default device at given batch sizes, per method."""
+def device_timing(sizes, batches, repeats, methods):
+    """Milliseconds per image on the default device at given sizes and batch sizes, per method
+    (the median of `repeats` runs after a compiling one); one line per case as it finishes."""
     import jax
     import jax.numpy as jnp
 
     from deeplab_jax.crf import CRFParams, meanfield, separable
 
-    image, probs = make_inputs(*SIZES["voc"])
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
-    for method in methods:
-        for batch in batches:
+    for size in sizes:
+        image, probs = make_inputs(*SIZES[size])
+        for method, batch in itertools.product(methods, batches):
             images = jnp.asarray(np.repeat(image[None], batch, 0))
             probs_b = jnp.asarray(np.repeat(probs[None], batch, 0))
             if method == "meanfield":
@@ -150,7 +152,8 @@ def device_timing(batches, repeats, methods):
                 start = time.perf_counter()
                 run().block_until_ready()
                 times.append(time.perf_counter() - start)
-            print(f"{method}, batch {batch}: {1000 * np.median(times) / batch:.1f} ms per image")
+            print(f"{size} {method}, batch {batch}: {1000 * np.median(times) / batch:.1f} ms per "
+                  f"image", flush=True)
 
 
 def _rss_mb():
@@ -177,7 +180,8 @@ def main():
         worker(*args.worker, args.repeats)
         return
     if args.device_batches:
-        device_timing([int(b) for b in args.device_batches.split(",")], args.repeats,
+        device_timing(args.sizes.split(","), [int(b) for b in args.device_batches.split(",")],
+                      args.repeats,
                       split_methods(args.device_methods))
         return
     methods = split_methods(args.methods)

@@ -1,7 +1,7 @@
 """Accelerator benchmark: ours (JAX) beside PyTorch on the same device, one command, one table.
 
-    python benchmarks/accelerator.py            # one GPU, about 6-8 minutes on an H100
-    python benchmarks/accelerator.py --smoke    # CPU, tiny sizes, well under a minute (CI)
+    python benchmarks/accelerator.py            # one GPU, at most --budget_s (450 s) + 150 s
+    python benchmarks/accelerator.py --smoke    # CPU, tiny sizes, about a minute (CI)
 
 Rows (benchmarks/README.md, "Accelerator", says how to set up a machine without network access):
 - train-step throughput (images/s) of DeepLab-v2 ResNet-101 ASPP-L (batch 10, crop 321, fp32 and
@@ -11,7 +11,12 @@ Rows (benchmarks/README.md, "Accelerator", says how to set up a machine without 
 - dense CRF ms/image at VOC size (500x375, 21 classes) for every jitted method of
   `deeplab_jax.crf.api.METHODS` (not the host-only 'permutohedral', nor 'auto', which picks one
   of the others), batch 1 and 8;
-- peak device memory of each (`peak_bytes_in_use` for ours, `max_memory_allocated` for PyTorch).
+- peak device memory of each (`peak_bytes_in_use` for ours, `max_memory_allocated` for PyTorch);
+- then `depthwise.py`'s table at batch 16, bfloat16: Xception-65's depthwise convolutions as
+  XLA's grouped convolution and as shifted copies, beside PyTorch (which form the GPU wants).
+The CRF cases run first (short), then PyTorch's, then ours; a case still running after
+`--case_timeout_s` is stopped and reported with its last progress line (compiling or stepping).
+On one H100 a DeepLab-v2 case took 60-80 s (process start, compilation, 13 steps).
 PyTorch twins (`torch_twins.py`): torchvision's dilated ResNet-101 + ASPP-L, timm's `xception65` +
 a v3+ head; channels-last, AMP (autocast) for bf16. fp32 means float32 storage with TF32 matrix
 units on both sides (JAX's default precision; PyTorch with allow_tf32). Every JAX case runs in its
@@ -28,6 +33,7 @@ import time
 
 import numpy as np
 
+STARTED = time.perf_counter()
 NUM_CLASSES = 21
 VOC_SIZE = (375, 500)  # height, width of a typical VOC 2012 image
 SPECS = {  # name: (kind, model, dtype, batch, crop)
@@ -54,6 +60,12 @@ def crf_methods():
     return [m for m in METHODS if m not in NOT_TIMED_CRF]
 
 
+def progress(message):
+    """A line on stderr with the time since the process started: the parent shows a case's last
+    one when the case runs out of time (was it compiling, or stepping?)."""
+    print(f"{time.perf_counter() - STARTED:.1f} s: {message}", file=sys.stderr, flush=True)
+
+
 def timed(fn, warmup, steps, sync=None):
     """Seconds per call of fn after `warmup` calls; sync(last output) waits for the device
     (default: jax.block_until_ready)."""
@@ -61,8 +73,11 @@ def timed(fn, warmup, steps, sync=None):
         import jax
 
         sync = jax.block_until_ready
-    for _ in range(warmup):
+    for call in range(warmup):
+        begin = time.perf_counter()
         sync(fn())
+        progress(f"warm-up call {call + 1} of {warmup} took {time.perf_counter() - begin:.1f} s"
+                 + (" (compilation included)" if call == 0 else ""))
     start = time.perf_counter()
     for _ in range(steps):
         out = fn()
@@ -104,6 +119,7 @@ def ours_case(name, smoke, warmup, steps):
     # pays. The timed step keeps the default key for its dropout masks.
     keys = {"params": jax.random.key(0, impl="rbg"), "dropout": jax.random.key(1)}
     variables = jax.jit(lambda x: model.init(keys, x, train=False))(images[:1])
+    progress("parameters initialised")
     if kind == "infer":
         prepared_model, prepared = inference.prepare(model, variables)
         forward = jax.jit(lambda v, x: prepared_model.apply(v, x, train=False))
@@ -256,8 +272,9 @@ def collect(child, framework, cases, deadline):
         note = f"exit {child.returncode}: {stderr.strip()[-200:]}"
     except subprocess.TimeoutExpired:
         child.kill()
-        stdout, _ = child.communicate()
-        note = "timeout (time budget)"
+        stdout, stderr = child.communicate()
+        last = [line for line in stderr.splitlines() if " s: " in line][-1:]
+        note = "timeout" + (f" (last: {last[0]})" if last else " (no progress line)")
     results = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     done = {r["case"] for r in results}
     results += [{"case": c, "framework": framework, "error": note} for c in cases if c not in done]
@@ -281,8 +298,28 @@ def run_all(args, groups, env):
             results += [{"case": c, "framework": framework, "error": "skipped: time budget"}
                         for c in cases]
             continue
-        results += collect(start_child(args, framework, cases, env), framework, cases, deadline)
+        # One slow case (e.g. a compilation that does not end) must not take the others' time.
+        cap = min(deadline, time.monotonic() + args.case_timeout_s * len(cases))
+        results += collect(start_child(args, framework, cases, env), framework, cases, cap)
     return results
+
+
+def depthwise_table(args, env):
+    """`benchmarks/depthwise.py` on the same device (Xception-65's depthwise convolutions: XLA's
+    grouped convolution against shifted copies, beside PyTorch), or why it is missing."""
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "depthwise.py")]
+    command += ["--smoke"] if args.smoke else ["--batch", "16", "--dtype", "bfloat16",
+                                               "--model_crop", "0"]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=args.case_timeout_s)
+    except subprocess.TimeoutExpired as error:
+        out = error.stdout.decode() if isinstance(error.stdout, bytes) else error.stdout or ""
+        return out + f"depthwise: stopped after {args.case_timeout_s:.0f} s"
+    if done.returncode:
+        return f"depthwise: exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    return done.stdout
 
 
 def fmt(value, digits=1):
@@ -319,6 +356,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--budget_s", type=float, default=450.0,
                         help="cases not started by then are reported as skipped")
+    parser.add_argument("--case_timeout_s", type=float, default=150.0,
+                        help="a case still running after this long is stopped and reported")
     parser.add_argument("--only", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--cases", default="", help=argparse.SUPPRESS)
@@ -344,12 +383,18 @@ def main():
                       [n for n in names if "_x65_" not in n] + crf_cases]
     else:
         jax_groups = [[case] for case in names + crf_cases]
-    groups = ([("torch", names)] if names else []) + [("jax", g) for g in jax_groups if g]
+    # The dense CRF's cases first: they are short, and most of the budget goes to the models.
+    crf_groups = [("jax", g) for g in jax_groups if g and g[0].startswith("crf:")]
+    groups = crf_groups + ([("torch", names)] if names else []) + [
+        ("jax", g) for g in jax_groups if g and not g[0].startswith("crf:")]
     results = run_all(args, groups, env)
     device = "CPU (smoke sizes)" if args.smoke else "first visible device"
     steps = 1 if args.smoke else args.steps
     print(f"accelerator benchmark, {device}; {steps} timed steps per case")
     print_table(results, args.smoke)
+    if not args.only:
+        print()
+        print(depthwise_table(args, env))
     return None
 
 

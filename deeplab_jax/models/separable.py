@@ -15,9 +15,9 @@ Two placements of BatchNorm/ReLU exist in the authors' TF release (models/resear
   both convs. `Xception` picks the flags.
 
 Speed: XLA:CPU's grouped convolution is slow for depthwise kernels, so programs lowered for a CPU
-compute them as shifted copies (`layers.depthwise_taps`: an Xception-65 train step 5x faster,
-benchmarks/README.md "Depthwise"); they remain 1.5-4x PyTorch's time there. The demo models keep
-dense 3x3 convs (their recipes were measured with them).
+compute them as shifted copies (`layers.depthwise_taps`: Xception-65's gradients 5x faster,
+benchmarks/README.md "Depthwise"); with gradients they take 0.7-4.7x PyTorch's time there. The
+demo models keep dense 3x3 convs (their recipes were measured with them).
 
 Parameter tree: depthwise/{conv/kernel (k, k, 1, C), bn/{scale, bias}},
 pointwise/{conv/kernel (1, 1, C, F), bn/{scale, bias}} (TF: <name>_depthwise/depthwise_weights of

@@ -181,8 +181,7 @@ def main():
         return
     if args.device_batches:
         device_timing(args.sizes.split(","), [int(b) for b in args.device_batches.split(",")],
-                      args.repeats,
-                      split_methods(args.device_methods))
+                      args.repeats, split_methods(args.device_methods))
         return
     methods = split_methods(args.methods)
     print(f"CPUs available: {len(os.sched_getaffinity(0))}; pydensecrf2 is single-threaded; "

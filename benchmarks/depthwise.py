@@ -8,7 +8,8 @@ channels). On XLA:CPU these run through a slow generic path, so `layers.conv2d` 
 sum of k*k shifted, scaled copies of the input (`layers.depthwise_taps`) when the program is
 lowered for a CPU. This script times, on JAX's default device, for each depthwise shape of
 Xception-65 at crop 513 (output stride 16) and batch `--batch`:
-- "conv": `lax.conv_general_dilated(feature_group_count=C)`; "taps": `layers.depthwise_taps`;
+- "conv": XLA's grouped convolution (`feature_group_count=C`); "taps": `layers.depthwise_taps`
+  (both through `layers.conv2d`, its platform setting switched);
 - PyTorch's `conv2d(groups=C)` (channels-last) on the same device, when torch is installed;
 forward, and forward + backward (gradients of the input and the kernel), milliseconds per call,
 the median of `--repeats` after a compiling call. Then the whole DeepLab-v3+ Xception-65 train
@@ -16,6 +17,7 @@ step (forward, loss, gradients; batch `--batch`, crop `--model_crop`) with each 
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -43,29 +45,39 @@ def median_ms(fn, sync, repeats):
     return 1000 * statistics.median(times)
 
 
+@contextlib.contextmanager
+def depthwise_form(impl):
+    """Programs traced inside compute depthwise convolutions as `impl` on every platform: "conv"
+    (XLA's grouped convolution) or "taps" (shifted copies), through `layers.conv2d`'s setting."""
+    from deeplab_jax.models import layers
+
+    platforms = layers.DEPTHWISE_TAPS_PLATFORMS
+    layers.DEPTHWISE_TAPS_PLATFORMS = () if impl == "conv" else ("cpu", "cuda", "rocm", "tpu")
+    try:
+        yield
+    finally:
+        layers.DEPTHWISE_TAPS_PLATFORMS = platforms
+
+
 def jax_times(impl, batch, size, channels, stride, rate, dtype, repeats):
     import jax
     import jax.numpy as jnp
 
     from deeplab_jax.models import layers
 
-    padding = ((rate, rate), (rate, rate))
-    if impl == "taps":
-        def conv(x, k):
-            return layers.depthwise_taps(x, k, stride, rate, padding)
-    else:
-        def conv(x, k):
-            return jax.lax.conv_general_dilated(
-                x, k, (stride, stride), padding, rhs_dilation=(rate, rate),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+    def conv(x, k):
+        return layers.conv2d(x, k, stride, rate, ((rate, rate), (rate, rate)), groups=channels)
+
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, size, size, channels)), dtype)
     k = jnp.asarray(rng.normal(size=(3, 3, 1, channels)), dtype)
-    forward = jax.jit(conv)
-    grads = jax.jit(jax.grad(lambda a, b: jnp.sum(conv(a, b).astype(jnp.float32) ** 2), (0, 1)))
     sync = jax.block_until_ready
-    return (median_ms(lambda: forward(x, k), sync, repeats),
-            median_ms(lambda: grads(x, k), sync, repeats))
+    with depthwise_form(impl):  # both programs are traced (and compiled) on their first call
+        forward = jax.jit(conv)
+        grads = jax.jit(jax.grad(lambda a, b: jnp.sum(conv(a, b).astype(jnp.float32) ** 2),
+                                 (0, 1)))
+        return (median_ms(lambda: forward(x, k), sync, repeats),
+                median_ms(lambda: grads(x, k), sync, repeats))
 
 
 def torch_times(batch, size, channels, stride, rate, dtype, repeats):
@@ -98,12 +110,8 @@ def model_step_ms(impl, batch, crop, dtype, repeats):
     import jax.numpy as jnp
 
     from deeplab_jax import losses, models
-    from deeplab_jax.models import layers
 
-    platforms = layers.DEPTHWISE_TAPS_PLATFORMS
-    # Programs traced from here on: the grouped convolution, or the shifted copies, everywhere.
-    layers.DEPTHWISE_TAPS_PLATFORMS = () if impl == "conv" else ("cpu", "cuda", "rocm", "tpu")
-    try:
+    with depthwise_form(impl):
         model = models.get_model("deeplab_v3plus_xception65", 21, dtype=getattr(jnp, dtype))
         rng = np.random.default_rng(0)
         images = jnp.asarray(rng.integers(0, 256, (batch, crop, crop, 3)), jnp.uint8)
@@ -118,8 +126,6 @@ def model_step_ms(impl, batch, crop, dtype, repeats):
 
         step = jax.jit(jax.grad(loss))
         return median_ms(lambda: step(variables["params"]), jax.block_until_ready, repeats)
-    finally:
-        layers.DEPTHWISE_TAPS_PLATFORMS = platforms
 
 
 def main():

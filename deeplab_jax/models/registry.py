@@ -163,9 +163,8 @@ def _v3_resnet(doc, stage_sizes, decoder):
 
 # Demo v3/v3+: the v2 demo trunk; one block in the last stage, so no multi-grid; small ASPP rates
 # for 129 px crops (9x9 features at OS 16); 64-channel ASPP and decoder; the 16 stride-4 channels
-# are kept at 16 (about 1:4 against the encoder, as 48:256). Dense 3x3 convs: the recipes were
-# measured with them (chosen when XLA:CPU's depthwise convolutions made separable ones several
-# times slower; they now run as shifted copies there, `layers.depthwise_taps`).
+# are kept at 16 (about 1:4 against the encoder, as 48:256). Dense 3x3 convs by default;
+# configs/demo.py:v3plus turns on separable ones in ASPP and decoder (measured better there).
 def _v3_demo(doc, decoder):
     return Variant(V3_RESNET, doc, dict(
         backbone=ResNetSpec(widths=(16, 32, 64, 128), **_DEMO_TRUNK),

@@ -17,7 +17,7 @@ Two placements of BatchNorm/ReLU exist in the authors' TF release (models/resear
 Speed: XLA:CPU's grouped convolution is slow for depthwise kernels, so programs lowered for a CPU
 compute them as shifted copies (`layers.depthwise_taps`: Xception-65's gradients 5x faster,
 benchmarks/README.md "Depthwise"); with gradients they take 0.7-4.7x PyTorch's time there. The
-demo models keep dense 3x3 convs (their recipes were measured with them).
+v3+ demo recipe (configs/demo.py:v3plus) uses separable ASPP and decoder convs, as the paper.
 
 Parameter tree: depthwise/{conv/kernel (k, k, 1, C), bn/{scale, bias}},
 pointwise/{conv/kernel (1, 1, C, F), bn/{scale, bias}} (TF: <name>_depthwise/depthwise_weights of

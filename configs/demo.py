@@ -96,6 +96,9 @@ def get_config(variant: str = "default"):
             # decoder: val mIoU 0.755 and 0.765 (seeds 0, 1) against 0.731 and 0.734 with dense
             # ones, ahead at every evaluation from step 2,000 on, for ~12% more time per step.
             # With PointRend's shorter run they did worse (0.555 against 0.613), so not there.
+            # On top of them, each below 0.755: lr 2e-2 0.709, multi-grid (1, 2) in a second
+            # stage-4 block 0.739, OS-8 training 0.701, 32 low-level channels 0.740, ASPP rates
+            # (2, 4, 6) 0.726, stage 3-4 widths 96-192 / 128-256 with fewer steps 0.708 / 0.700.
             config.model.overrides.aspp_separable = True
             config.model.overrides.decoder_separable = True
         # v3+: 5,000 steps in 310 s, val mIoU 0.755 (v2: 0.802 at 5,500 steps in 270 s); with

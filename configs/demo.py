@@ -93,18 +93,18 @@ def get_config(variant: str = "default"):
         config.eval.output_stride = 8
         if variant == "v3plus":
             # The v3+ paper's separable (depthwise + pointwise) 3x3 convs in the ASPP and the
-            # decoder: val mIoU 0.755 and 0.765 (seeds 0, 1) against 0.731 and 0.734 with dense
-            # ones, ahead at every evaluation from step 2,000 on, for ~12% more time per step.
+            # decoder: 5,000 steps in 310 s, val mIoU 0.755 and 0.765 (seeds 0, 1) against 0.732
+            # (263 s) and 0.734 with dense ones, ahead at every evaluation from step 2,000 on
+            # (v2: 0.802 and 0.792 at 5,500 steps in 270 s).
             # With PointRend's shorter run they did worse (0.555 against 0.613), so not there.
             # On top of them, each below 0.755: lr 2e-2 0.709, multi-grid (1, 2) in a second
             # stage-4 block 0.739, OS-8 training 0.701, 32 low-level channels 0.740, ASPP rates
             # (2, 4, 6) 0.726, stage 3-4 widths 96-192 / 128-256 with fewer steps 0.708 / 0.700.
             config.model.overrides.aspp_separable = True
             config.model.overrides.decoder_separable = True
-        # v3+: 5,000 steps in 310 s, val mIoU 0.755 (v2: 0.802 at 5,500 steps in 270 s); with
-        # dense convs 263 s, 0.732, ahead of v2 in the 2 px trimap band (0.825 against 0.814).
-        # Also measured, not kept: SGD (lr 0.05: 0.609), zero-initialised last BN of each block
-        # (0.561), the last 1,000 steps at output stride 8 (+0.007 for 1.3x their cost).
+        # v3+ leads v2 in the 2 px trimap band (0.838 against 0.814). Also measured, not kept:
+        # SGD (lr 0.05: 0.609), zero-initialised last BN of each block (0.561), the last 1,000
+        # steps at output stride 8 (+0.007 for 1.3x their cost).
         config.num_steps = 5000
         if variant == "v3":
             # Without the stride-4 decoder a step costs half as much: 9,000 steps in 286 s, val

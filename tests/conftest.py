@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices so sharding code is really exercised.
+"""Test setup: 8 fake CPU devices so sharding code is really exercised, and XLA's faster-compiling
+backend level (`tests/helpers/compilation.py`).
 
 The device count must be fixed before JAX initialises its backends, so it is set here, at import
 time of the first conftest, through XLA_FLAGS (works on every jaxlib we support) rather than through
@@ -7,9 +8,12 @@ time of the first conftest, through XLA_FLAGS (works on every jaxlib we support)
 
 import os
 
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+from tests.helpers import compilation  # imports no JAX
+
+# Subprocesses the tests start inherit these through the environment.
+for _flag in compilation.xla_flags(8).split():
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep TFDS from probing GCE metadata (no network on CI).
 os.environ.setdefault("NO_GCE_CHECK", "true")

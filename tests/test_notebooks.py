@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.helpers import compilation
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
 NOTEBOOKS = sorted(glob.glob(os.path.join(EXPERIMENTS, "*.ipynb")))
@@ -40,9 +42,10 @@ def test_notebook_runs_in_smoke_mode(path, monkeypatch, tmp_path_factory):
             assert not re.search(r"^\s*(def|class)\s", cell.source, re.MULTILINE), (
                 "library code belongs in the package, not in a notebook:\n" + cell.source)
 
-    # A Colab-like process: one CPU device (not the tests' 8), a compilation cache shared by the
-    # notebooks (they compile the same tiny model), the kernel is this Python.
-    monkeypatch.setenv("XLA_FLAGS", "")
+    # A Colab-like process: one CPU device (not the tests' 8; the tests' compile level), a
+    # compilation cache shared by the notebooks (they compile the same tiny model), the kernel is
+    # this Python.
+    monkeypatch.setenv("XLA_FLAGS", compilation.xla_flags(1))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "nb_xla"))
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -5,10 +5,8 @@ is XLA:CPU's LLVM backend optimising the machine code. At backend optimisation l
 passes are unchanged (the optimised HLO of a v3+ train step is byte-identical) and only the machine
 code differs, so results may differ in the last bits (that step's loss: 2.0810630 at the default
 level, 2.0810628 at 0); tests compare against references with tolerances, and bit-identity tests
-compare runs of one setting. On the 2-core CI machine (AVX2) the Xception-65 train step of
-tests/train/test_v3_train.py took 25 s to initialise and 55 s to compile at the default level,
-15 s and 37 s at 0 (its 4 steps: 1.2 s against 2.0 s), and the whole suite 37:34 against 25:50.
-Users' processes keep XLA's default level; the benchmarks time with it.
+compare runs of one setting. The suite takes about 0.7x the time (benchmarks/README.md, "CPU
+instruction sets"). Users' processes keep XLA's default level; the benchmarks time with it.
 """
 
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from deeplab_jax import cli, experiment, weights
+from deeplab_jax import cli, command_logging, experiment, weights
 from deeplab_jax.evaluation import report
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
 from deeplab_jax.parallel import mesh as mesh_lib
@@ -175,7 +175,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
-    logging.set_verbosity(logging.INFO)
+    command_logging.configure(logging.INFO)
     if bool(FLAGS.weights) == bool(FLAGS.workdir):
         raise app.UsageError("give either --weights (converted weights) or --workdir (a training "
                              "run's checkpoints)")

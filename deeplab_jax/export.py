@@ -21,7 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deeplab_jax import cli, weights
+from deeplab_jax import cli, command_logging, weights
 from deeplab_jax.crf import CRFParams
 from deeplab_jax.parallel import xla_flags
 from deeplab_jax.serving import export as serving_export
@@ -89,7 +89,7 @@ def define_flags():
 
 def run():
     xla_flags.apply()  # before JAX starts its backends (importing modules does not start them)
-    logging.set_verbosity(logging.WARNING)
+    command_logging.configure(logging.WARNING)
     cli.run_command(define_flags, main)
 
 

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deeplab_jax import command_logging
 from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.parallel import distributed, xla_flags
 from deeplab_jax.storage import DiskFullError
@@ -57,7 +58,7 @@ def main(argv):
         FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
         local_device_ids=FLAGS.local_device_ids, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
-    logging.set_verbosity(logging.INFO)
+    command_logging.configure(logging.INFO)
     try:
         results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except REPORTED_FAILURES as error:

@@ -22,7 +22,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deeplab_jax import experiment, weights
+from deeplab_jax import command_logging, experiment, weights
 from deeplab_jax.crf import METHODS, CRFParams
 from deeplab_jax.inference import TestTimeOptions
 from deeplab_jax.parallel import xla_flags
@@ -120,7 +120,7 @@ def define_flags():
 def run():
     xla_flags.apply()  # before JAX starts its backends (importing modules does not start them)
     define_flags()
-    logging.set_verbosity(logging.WARNING)
+    command_logging.configure(logging.WARNING)
     app.run(main)
 
 

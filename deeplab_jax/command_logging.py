@@ -1,0 +1,38 @@
+"""What the command lines log on stderr: their own progress, not orbax's bookkeeping.
+
+absl's default verbosity shows warnings only, so the training and evaluation commands raise it to
+INFO for their progress lines (loss, evaluations, saved checkpoints). orbax logs through absl too,
+and at INFO it writes about 50 lines for every checkpoint it saves (temporary directories renamed,
+futures awaited, timing dictionaries): a demo run's console would be two thirds orbax. So its
+records below WARNING are held back unless the user asks for debug output (`--verbosity=1`);
+its warnings and errors always show.
+
+`--verbosity` given on the command line wins over the command's default level.
+"""
+
+import logging as python_logging
+import os
+
+import orbax  # a namespace package (cheap to import): its __path__ says where it is installed
+from absl import flags, logging
+
+ORBAX_DIRECTORIES = tuple(os.path.join(os.path.abspath(path), "") for path in orbax.__path__)
+
+
+class HideOrbaxInfo(python_logging.Filter):
+    """Drops orbax's records below WARNING while absl's verbosity is below debug (1)."""
+
+    def filter(self, record):
+        if record.levelno >= python_logging.WARNING or logging.get_verbosity() >= logging.DEBUG:
+            return True
+        return not os.path.abspath(record.pathname).startswith(ORBAX_DIRECTORIES)
+
+
+def configure(default_level):
+    """Sets absl's verbosity to `default_level` (absl.logging.INFO, WARNING, ...) unless the
+    command line gave --verbosity, and hides orbax's INFO records (once per process)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(default_level)
+    handler = logging.get_absl_handler()
+    if not any(isinstance(existing, HideOrbaxInfo) for existing in handler.filters):
+        handler.addFilter(HideOrbaxInfo())

@@ -13,6 +13,8 @@ output) writes <name>.png, the label map as a palette PNG (class ids exact), <na
 and with --probabilities <name>_probs.npy (float16 H x W x K class probabilities, after the CRF
 when --crf). 16-bit grayscale images are scaled to 8 bits (`serving.predictor`). Unreadable files
 are reported and skipped; the run continues and lists them at the end (exit status 1 if any).
+Files in the folder without an image extension (.jpg .jpeg .png .bmp .ppm .tif .tiff .webp) are
+named in a warning and left alone.
 """
 
 import dataclasses

@@ -64,12 +64,15 @@ def test_main_trains_evaluates_and_writes_everything(demo_data_dir, tmp_path):
     Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(images / "a.jpg")
     Image.fromarray(rng.integers(0, 255, (129, 129, 3), dtype=np.uint8)).save(images / "b.png")
     (images / "broken.jpg").write_bytes(b"not a jpeg")
+    (images / "notes.txt").write_text("not an image either: named in a warning, not segmented")
     out = tmp_path / "out"
     predicted = _run(["deeplab_jax.predict", "--config=configs/demo.py:tiny",
                       f"--workdir={workdir}", f"--config.dataset.data_dir={demo_data_dir}",
                       f"--input={images}", f"--output={out}"])
     assert predicted.returncode == 1, predicted.stderr[-3000:]
     assert "segmented 2 of 3" in predicted.stdout and "broken.jpg" in predicted.stdout
+    assert "Pillow cannot read it" in predicted.stdout and "BytesIO" not in predicted.stdout
+    assert "skipped 1 file(s)" in predicted.stderr and "notes.txt" in predicted.stderr
     label_a = Image.open(out / "a.png")
     assert label_a.mode == "P" and label_a.size == (90, 70)
     assert np.asarray(label_a).max() < 8

@@ -6,7 +6,8 @@ For every image (one file or a folder, any size, subfolders kept) `segment_files
 <name>_probs.npy, the class probabilities as float16 H x W x K. Images are padded bottom/right to a
 size bucket (multiples of 64 plus 1, so logit i sits on pixel i*os) so that a folder of many sizes
 compiles a handful of programs, not one per image. Unreadable files are reported and skipped; the
-caller gets the list.
+caller gets the list. Files in a folder whose extension is not an image's are skipped with a
+warning that names them.
 
 Pixel formats: 8-bit images of any mode are converted to RGB; 16-bit grayscale (PNG/TIFF 'I;16',
 or 'I' from a PNG) is scaled to 8 bits by dividing by 257 (65535 -> 255) instead of being clipped
@@ -21,6 +22,7 @@ import io
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -82,18 +84,25 @@ def list_images(path):
         return [(root, root.name)]
     if not root.is_dir():
         raise FileNotFoundError(f"--input={path!r} is neither an image file nor a directory")
-    files = sorted(_image_files(root), key=str)
+    files, others = [], []
+    for child in _files_under(root):
+        (files if child.name.lower().endswith(IMAGE_EXTENSIONS) else others).append(child)
+    if others:  # said, not silently dropped: a folder of .gif or .heic would otherwise vanish
+        names = sorted(p.relative_to(root).as_posix() for p in others)
+        logging.warning("skipped %d file(s) under %s whose extension is not one of %s: %s%s",
+                        len(names), path, " ".join(IMAGE_EXTENSIONS), ", ".join(names[:5]),
+                        ", ..." if len(names) > 5 else "")
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}")
-    return [(p, p.relative_to(root).as_posix()) for p in files]
+    return [(p, p.relative_to(root).as_posix()) for p in sorted(files, key=str)]
 
 
-def _image_files(folder):
-    """Image files under `folder`, recursively (one listing per folder, also on gs://)."""
+def _files_under(folder):
+    """Every file under `folder`, recursively (one listing per folder, also on gs://)."""
     for child in folder.iterdir():
         if child.is_dir():
-            yield from _image_files(child)
-        elif child.name.lower().endswith(IMAGE_EXTENSIONS):
+            yield from _files_under(child)
+        else:
             yield child
 
 
@@ -110,6 +119,13 @@ def to_rgb8(image, name="image"):
         raise ValueError(f"{name}: {image.mode!r} pixels (32-bit integer or float) have no "
                          "defined 8-bit scaling; save the image with 8 or 16 bits per channel")
     return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def _read_error(error):
+    if isinstance(error, UnidentifiedImageError):  # Pillow's message names our in-memory buffer
+        return ("UnidentifiedImageError: Pillow cannot read it as an image (damaged, or not the "
+                "format its name says)")
+    return f"{type(error).__name__}: {error}"
 
 
 def read_rgb(path):
@@ -152,8 +168,8 @@ def segment_files(predictor, files, output_dir, palette, progress=True, probabil
                                 disable=not progress):
         try:
             image = read_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            failures.append((str(path), f"{type(error).__name__}: {error}"))
+        except (OSError, ValueError) as error:  # UnidentifiedImageError is an OSError
+            failures.append((str(path), _read_error(error)))
             continue
         write_outputs(output_dir, name, image, predictor.probabilities(image), palette,
                       probabilities=probabilities)

@@ -84,6 +84,26 @@ def test_subfolders_are_kept_and_names_never_collide(tmp_path, predictor):
         np.testing.assert_array_equal(np.asarray(label), predictor.labels(read_rgb(path)))
 
 
+def test_files_that_are_not_images_are_named_in_a_warning(tmp_path, caplog):
+    images = tmp_path / "in"
+    (images / "sub").mkdir(parents=True)
+    Image.fromarray(photograph(20)).save(images / "a.JPG")
+    Image.fromarray(photograph(20)).save(images / "sub" / "b.gif")
+    (images / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="absl"):
+        files = list_images(images)
+    assert [name for _, name in files] == ["a.JPG"]
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "skipped 2 file(s)" in skipped[0], skipped
+    assert "notes.txt, sub/b.gif" in skipped[0] and ".webp" in skipped[0]
+    caplog.clear()
+    (images / "notes.txt").unlink()
+    (images / "sub" / "b.gif").unlink()
+    with caplog.at_level("WARNING", logger="absl"):
+        list_images(images)
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]
+
+
 def test_predictor_serves_the_prepared_model_with_the_same_scores(predictor):
     """The predictor folds BatchNorm (inference.prepare); its scores are the model's as built."""
     model, variables = _demo_model_and_variables()

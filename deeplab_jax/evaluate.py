@@ -34,8 +34,10 @@ from ml_collections import config_flags
 from deeplab_jax import cli, command_logging, experiment, weights
 from deeplab_jax.evaluation import report
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
+from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.parallel import mesh as mesh_lib
 from deeplab_jax.parallel import xla_flags
+from deeplab_jax.train.checkpoint import CheckpointError
 from deeplab_jax.train.metric_writer import MetricWriter
 from deeplab_jax.train.state import load_trained
 from deeplab_jax.weights import model_info
@@ -180,7 +182,11 @@ def main(argv):
         raise app.UsageError("give either --weights (converted weights) or --workdir (a training "
                              "run's checkpoints)")
     if FLAGS.workdir:
-        results = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, progress=True)
+        try:
+            results = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, progress=True)
+        except (CheckpointError, NonFiniteError, FileNotFoundError) as error:
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
         print(report.summary_text(results))
         return 0
     name = config_name_of(config_flags.get_config_filename(FLAGS["config"]))

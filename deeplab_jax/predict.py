@@ -26,9 +26,11 @@ from ml_collections import config_flags
 
 from deeplab_jax import command_logging, experiment, weights
 from deeplab_jax.crf import METHODS, CRFParams
+from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.inference import TestTimeOptions
 from deeplab_jax.parallel import xla_flags
 from deeplab_jax.serving.predictor import Predictor, list_images, segment_files
+from deeplab_jax.train.checkpoint import CheckpointError
 from deeplab_jax.train.state import load_trained
 from deeplab_jax.weights import model_info
 
@@ -83,6 +85,9 @@ def main(argv):
         files = list_images(FLAGS.input)
     except (weights.WeightImportError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (CheckpointError, NonFiniteError) as error:  # a run's checkpoint that does not fit
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(2)
     options, crf, crf_method = test_time(config, FLAGS.scales, FLAGS.flip, FLAGS.crf,
                                            FLAGS.crf_method)

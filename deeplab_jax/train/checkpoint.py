@@ -19,6 +19,9 @@ Faults:
   `CheckpointError` listing every step and its reason, and moves nothing.
 - `restore_step` (evaluation, prediction) verifies one checkpoint and raises a `CheckpointError`
   or `NonFiniteError` naming it.
+- A checkpoint of another model (the config changed: widths, classes, model) is not damage: its
+  metadata is compared with the expected variables before any array is read, and the
+  `CheckpointLayoutError` names the variables that differ; resume stops there and moves nothing.
 
 Multi-process jobs: every process calls `save` and `restore_latest` with its global arrays; orbax
 writes each array shard once and synchronises the processes. The 'data' item is the same in every
@@ -43,6 +46,50 @@ CORRUPT_DIR = "checkpoints_corrupt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (unreadable, altered), or no intact checkpoint at all."""
+
+
+class CheckpointLayoutError(CheckpointError):
+    """An intact checkpoint of another model: its parameter shapes or names differ from the
+    ones the config builds. Not damage: nothing is skipped or moved aside."""
+
+
+# The state's parts whose saved tree mirrors the model's variables key for key (the optimizer
+# state is saved with its empty nodes dropped, so its paths do not line up with the abstract's).
+_LAYOUT_PARTS = ("params", "batch_stats")
+_LAYOUT_LISTED = 3
+
+
+def _key_name(key):
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _layout(tree):
+    """{'params/backbone/.../kernel': shape} of the model's variables in a state-like tree."""
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = [_key_name(key) for key in path]
+        if names and names[0] in _LAYOUT_PARTS:
+            shapes["/".join(names)] = tuple(getattr(leaf, "shape", ()))
+    return shapes
+
+
+def layout_differences(saved_tree, abstract_state) -> list:
+    """Readable differences between the variables a checkpoint holds and the ones expected."""
+    saved, expected = _layout(saved_tree), _layout(abstract_state)
+    lines = []
+    names = sorted(set(saved) | set(expected),
+                   key=lambda name: (_LAYOUT_PARTS.index(name.split("/")[0]), name))
+    for name in names:
+        if name not in saved:
+            lines.append(f"{name} {expected[name]} is not in the checkpoint")
+        elif name not in expected:
+            lines.append(f"{name} {saved[name]} is only in the checkpoint")
+        elif saved[name] != expected[name]:
+            lines.append(f"{name} is {saved[name]} in the checkpoint, {expected[name]} here")
+    return lines
 
 
 def _reason(error: BaseException) -> str:
@@ -111,6 +158,7 @@ class Checkpoints:
         NonFiniteError naming the checkpoint."""
         where = f"checkpoint {step} in {self.directory}"
         step_dir = self.directory / str(step)
+        self._check_layout(step_dir, abstract_state, where)
         has_integrity = (step_dir / "integrity").exists()
         items = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore()}
         if has_integrity:
@@ -134,6 +182,23 @@ class Checkpoints:
                             where)
         return restored["state"], restored["data"]
 
+    @staticmethod
+    def _check_layout(step_dir, abstract_state, where):
+        """Raises CheckpointLayoutError when the checkpoint's metadata names other variables or
+        shapes than `abstract_state`: said before orbax tries (and fails) to read the arrays.
+        Unreadable metadata is left to the restore, which reports the damage."""
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+        except Exception:  # noqa: BLE001 (damaged or older metadata: the restore will tell)
+            return
+        lines = layout_differences(saved, abstract_state)
+        if lines:
+            more = len(lines) - _LAYOUT_LISTED
+            raise CheckpointLayoutError(
+                f"{where} holds another model's variables ({len(lines)} differ: "
+                + "; ".join(lines[:_LAYOUT_LISTED]) + ("; ..." if more > 0 else "")
+                + "); nothing was moved or deleted")
+
     def restore_latest(self, abstract_state):
         """(state, data_state, step) of the newest intact checkpoint, or (None, None, 0) if there
         is none; damaged newer ones are moved aside. Raises CheckpointError if none is intact."""
@@ -141,6 +206,8 @@ class Checkpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 state, data_state = self.restore_step(step, abstract_state)
+            except CheckpointLayoutError:
+                raise  # another model's checkpoint is not damaged: an older one will not fit
             except (CheckpointError, NonFiniteError) as error:
                 logging.warning("skipping checkpoint %d: %s", step, error)
                 failures.append((step, str(error)))

@@ -13,13 +13,11 @@ ResNets are not fed Caffe BGR input; `load_into` copies every matching tensor in
 and re-initialises a head of another shape (another number of classes, another head).
 """
 
-import json
-
 import jax
 from absl import logging
-from etils import epath
 
 from deeplab_jax import weights
+from deeplab_jax.train import run_config
 from deeplab_jax.weights import model_info
 
 # Variables that may be re-initialised when the file's differ: the classifier / decoder head.
@@ -52,17 +50,18 @@ def adopt_run_layout(config, workdir):
     layout of its init_checkpoint and the command line does not repeat that flag. A run without
     config.json leaves the config unchanged.
     """
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
+    saved = run_config.read(workdir)
+    if saved is None:
         return config
     try:
-        model = json.loads(path.read_text())["model"]
+        model = saved["model"]
         info = {"model": model["name"], "overrides": model.get("overrides") or {}}
         if info["model"] != config.model.name:
             return config  # another model: its checkpoints will not restore anyway
         info["layout"] = model_info.resolve_layout(info["model"], model_info.overrides_of(info))
     except (ValueError, KeyError, TypeError) as error:
-        logging.warning("%s: unreadable (%s); using the config's layout", path, error)
+        logging.warning("%s/%s: unreadable (%s); using the config's layout", workdir,
+                        run_config.FILE_NAME, error)
         return config
     return model_info.adopt_layout(config, info, f"the run in {workdir}")
 

@@ -34,20 +34,10 @@ from deeplab_jax.evaluation import report
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
 from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.parallel import mesh as mesh_lib
-from deeplab_jax.train import accumulation, checkpoint, init_weights
+from deeplab_jax.train import accumulation, checkpoint, init_weights, run_config
 from deeplab_jax.train.metric_writer import MetricWriter
 from deeplab_jax.train.state import parameter_count, setup_state
 from deeplab_jax.train.step import make_train_step
-
-
-def _write_config(config, workdir):
-    if jax.process_index() == 0:
-        path = workdir / "config.json"
-        try:
-            storage.write_atomic(path, config.to_json_best_effort(indent=2))
-        except OSError as error:
-            storage.raise_if_disk_full(error, "the config", path)
-            raise
 
 
 def _check_batch_sizes(config, mesh):
@@ -98,7 +88,6 @@ def train_and_evaluate(config, workdir) -> dict:
     workdir = storage.as_path(workdir)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-    _write_config(config, workdir)
     mesh = mesh_lib.create_mesh()
     _check_batch_sizes(config, mesh)
     logging.info("process %d of %d: %d local of %d devices (%s)", jax.process_index(),
@@ -130,7 +119,11 @@ def _train(config, workdir, mesh, resources):
     train_iter = resources.add(iter(dataset))
 
     checkpoints = resources.add(checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints))
-    state, data_state, start_step = checkpoints.restore_latest(setup.abstract)
+    try:
+        state, data_state, start_step = checkpoints.restore_latest(setup.abstract)
+    except checkpoint.CheckpointError as error:  # say what changed since the run that wrote them
+        raise type(error)(run_config.explain(error, workdir, config)) from None
+    run_config.write(config, workdir)  # only now: a refused resume keeps the run's own record
     if state is None:
         state = setup.create(config.seed)
         if config.model.init_checkpoint:

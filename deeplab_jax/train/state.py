@@ -19,7 +19,7 @@ from deeplab_jax import experiment, storage
 from deeplab_jax.data.datasets import DatasetDescriptor
 from deeplab_jax.parallel import mesh as mesh_lib
 from deeplab_jax.parallel import partitioning
-from deeplab_jax.train import checkpoint, init_weights, optim
+from deeplab_jax.train import checkpoint, init_weights, optim, run_config
 
 # Parameters do not depend on the image size: the state is traced at a small dummy size.
 INIT_IMAGE_SIZE = (65, 65)
@@ -127,6 +127,9 @@ def load_trained(config, workdir) -> TrainedModel:
             step = checkpoints.latest_step()
             if step is not None:
                 state, _ = checkpoints.restore_step(step, setup.abstract)
+        except checkpoint.CheckpointLayoutError as error:  # name the config fields that differ
+            raise checkpoint.CheckpointLayoutError(
+                run_config.explain(error, workdir, config)) from None
         finally:
             checkpoints.close()
     if step is None:

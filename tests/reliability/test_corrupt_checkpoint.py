@@ -1,4 +1,5 @@
-"""A damaged latest checkpoint: resume falls back to the newest intact one and sets the bad aside."""
+"""A damaged latest checkpoint: resume falls back to the newest intact one and sets the bad aside;
+another model's intact checkpoints are refused, not set aside."""
 
 import glob
 import os
@@ -6,8 +7,9 @@ import shutil
 
 import pytest
 
-from deeplab_jax.train.checkpoint import CheckpointError
+from deeplab_jax.train.checkpoint import CheckpointError, CheckpointLayoutError
 from deeplab_jax.train.loop import train_and_evaluate
+from deeplab_jax.train.state import load_trained
 from tests.reliability.conftest import NUM_STEPS, assert_same_state, make_config, read_state
 
 
@@ -68,3 +70,30 @@ def test_no_intact_checkpoint_is_one_error_and_moves_nothing(reference, demo_dat
     assert all(f"checkpoint {step}" in str(raised.value) for step in (2, 4, 6))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
     assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+
+
+def test_another_models_checkpoints_are_refused_not_set_aside(reference, demo_data_dir, tmp_path):
+    """The same workdir with other widths: intact checkpoints of another model. The error names
+    the variables and the config fields that differ; nothing is moved, and config.json still
+    describes the run that wrote the checkpoints (evaluation reads its layout from there)."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    saved_config = open(os.path.join(workdir, "config.json")).read()
+    config = make_config(demo_data_dir)
+    config.model.overrides.widths = (8, 8, 16, 32)
+    with pytest.raises(CheckpointLayoutError) as raised:
+        train_and_evaluate(config, workdir)
+    message = str(raised.value)
+    assert f"checkpoint {NUM_STEPS} in" in message
+    assert ("params/backbone/layer5/block1/conv1/conv/kernel is (3, 3, 16, 16) in the "
+            "checkpoint, (3, 3, 16, 32) here") in message
+    assert "model.overrides.widths: [8, 8, 16, 16] there, [8, 8, 16, 32] here" in message
+    assert "num_steps" not in message  # only what differs
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+    assert open(os.path.join(workdir, "config.json")).read() == saved_config
+    # evaluate / predict --workdir load through load_trained: the same error, not orbax's.
+    with pytest.raises(CheckpointLayoutError, match="model.overrides.widths"):
+        load_trained(config, workdir)
+    # The run's own settings still resume (nothing was changed by the refusals).
+    assert_same_state(read_state(workdir, NUM_STEPS, make_config(demo_data_dir)), reference[2])

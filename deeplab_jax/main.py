@@ -8,9 +8,11 @@ overrides any config field; the config is locked, so a misspelt field is an erro
 silently ignored value.
 
 Faults the run detects itself (a diverged step, a full disk, no intact checkpoint) end it with
-exit status 1 and their message as the last line on stderr, without a traceback; anything else
-keeps its traceback, whose last line is that error (writers and the checkpoint manager are closed
-before, so nothing prints after it).
+exit status 1 and their message as the last line on stderr, without a traceback; SIGTERM or
+Ctrl-C end it after a checkpoint of the step in flight, with the status a shell gives a process
+that signal ended (143, 130) and the step as the last line; anything else keeps its traceback,
+whose last line is that error (writers and the checkpoint manager are closed before, so nothing
+prints after it).
 """
 
 import sys
@@ -24,6 +26,7 @@ from deeplab_jax.parallel import distributed, xla_flags
 from deeplab_jax.storage import DiskFullError
 from deeplab_jax.train.checkpoint import CheckpointError
 from deeplab_jax.train.loop import train_and_evaluate
+from deeplab_jax.train.stop_signals import TrainingStopped
 
 # Errors whose message says all there is to say: no traceback.
 REPORTED_FAILURES = (NonFiniteError, DiskFullError, CheckpointError)
@@ -65,6 +68,10 @@ def main(argv):
         logging.flush()
         sys.stderr.flush()
         sys.exit(f"error: {type(error).__name__}: {error}")
+    except TrainingStopped as stopped:  # not an error: the run can go on from its checkpoint
+        logging.flush()
+        print(stopped, file=sys.stderr, flush=True)
+        sys.exit(stopped.exit_status)
     if results:
         print(f"final val mIoU {results['miou']:.4f} (pixel accuracy "
               f"{results['pixel_accuracy']:.4f}); workdir {FLAGS.workdir}")

@@ -15,9 +15,11 @@ and backbone blocks rematerialised (model overrides), and a batch accumulated ov
 
 Faults (README "Reliability"): each step returns an all-finite flag with its metrics, and the loop
 reads a step's metrics before it logs, evaluates or saves that step, so a diverged step stops the
-run (`NonFiniteError`) and its state is never saved; resume skips damaged checkpoints
-(`checkpoint.py`); a full disk is one `DiskFullError`; the checkpoint manager, metric writer and
-input iterator are closed in `finally`. The workdir may be local or a URL (gs://...).
+run (`NonFiniteError`) and its state is never saved; SIGTERM (preemption) or Ctrl-C stops the run
+after the step in flight, with a checkpoint of that step (`stop_signals.py`); resume skips
+damaged checkpoints (`checkpoint.py`); a full disk is one `DiskFullError`; the checkpoint
+manager, metric writer and input iterator are closed in `finally`. The workdir may be local or a
+URL (gs://...).
 """
 
 import sys
@@ -34,7 +36,7 @@ from deeplab_jax.evaluation import report
 from deeplab_jax.evaluation.evaluator import EvalSettings, Evaluator
 from deeplab_jax.finite import NonFiniteError
 from deeplab_jax.parallel import mesh as mesh_lib
-from deeplab_jax.train import accumulation, checkpoint, init_weights, run_config
+from deeplab_jax.train import accumulation, checkpoint, init_weights, run_config, stop_signals
 from deeplab_jax.train.metric_writer import MetricWriter
 from deeplab_jax.train.state import parameter_count, setup_state
 from deeplab_jax.train.step import make_train_step
@@ -155,6 +157,7 @@ def _train(config, workdir, mesh, resources):
         total=config.num_steps, initial=start_step, desc="train", unit="step",
         disable=not (config.progress_bar and sys.stderr.isatty() and jax.process_index() == 0),
         dynamic_ncols=True))
+    stops = resources.add(stop_signals.StopSignals().install())
     pending = None  # (step, metrics) of the previous step, read after the next is dispatched
     history = []
     eval_results = {}
@@ -192,6 +195,8 @@ def _train(config, workdir, mesh, resources):
             writer.flush()  # the logs of every step up to a checkpoint are on disk before it
         if is_save:
             checkpoints.save(step, state, train_iter.get_state(), force=is_last)
+        if stops.received is not None and not is_last:
+            _stop_at(step, pending, state, train_iter, checkpoints, writer, stops, is_save)
     if pending is not None:
         _check_finite(*pending)
     progress.close()
@@ -205,6 +210,17 @@ def _train(config, workdir, mesh, resources):
         report.write_val_predictions(evaluator, _process_local(eval_variables()), eval_source,
                                      workdir / "predictions", config.predict.num_images)
     return eval_results
+
+
+def _stop_at(step, pending, state, train_iter, checkpoints, writer, stops, saved):
+    """After a stop signal: the step in flight is checked, logged and saved, then the run ends."""
+    if pending is not None:
+        _check_finite(*pending)  # a diverged step is reported as such, and never saved
+    writer.flush()
+    if not saved:
+        checkpoints.save(step, state, train_iter.get_state(), force=True)
+    checkpoints.wait_until_finished()
+    raise stop_signals.TrainingStopped(stops.received, step, checkpoints.directory)
 
 
 def _evaluate(evaluator, variables, source, writer, step, num_overlays):

@@ -4,6 +4,8 @@
 
 Faults (each patches the running process only, then calls the real command line):
 - kill_at_step:N       SIGKILL when the loop asks for the batch of step N (steps < N are done);
+- sigterm_at_step:N    SIGTERM (a preemption notice) at the same point;
+- sigint_at_step:N     SIGINT (Ctrl-C) at the same point;
 - kill_during_save:N   SIGKILL inside orbax's save of step N, after the arrays are written and
                        before the checkpoint is committed (renamed into place);
 - nan_at_step:N        the parameters entering step N hold a NaN (as after a bad update), so
@@ -19,13 +21,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def _kill():
+def _kill(number=signal.SIGKILL):
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), number)
 
 
-def _patch_kill_at_step(step):
+def _patch_signal_at_step(step, number=signal.SIGKILL):
     from deeplab_jax.data import input_pipeline
     from deeplab_jax.train import checkpoint
 
@@ -55,7 +57,7 @@ def _patch_kill_at_step(step):
                 self._count = started.get("step", 0)
             self._count += 1
             if self._count == step:
-                _kill()
+                _kill(number)
             return next(self._inner)
 
         def get_state(self):
@@ -117,7 +119,10 @@ def _patch_disk_full_on_save(step):
         setattr(gpath.PosixGPath, name, write)
 
 
-FAULTS = {"kill_at_step": _patch_kill_at_step, "kill_during_save": _patch_kill_during_save,
+FAULTS = {"kill_at_step": _patch_signal_at_step,
+          "sigterm_at_step": lambda step: _patch_signal_at_step(step, signal.SIGTERM),
+          "sigint_at_step": lambda step: _patch_signal_at_step(step, signal.SIGINT),
+          "kill_during_save": _patch_kill_during_save,
           "nan_at_step": _patch_nan_at_step, "disk_full_on_save": _patch_disk_full_on_save}
 
 if __name__ == "__main__":

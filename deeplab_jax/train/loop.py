@@ -213,7 +213,8 @@ def _train(config, workdir, mesh, resources):
 
 
 def _stop_at(step, pending, state, train_iter, checkpoints, writer, stops, saved):
-    """After a stop signal: the step in flight is checked, logged and saved, then the run ends."""
+    """After a stop signal: the step in flight is checked for divergence and saved (its logs so
+    far flushed first, as before any checkpoint), then the run ends with TrainingStopped."""
     if pending is not None:
         _check_finite(*pending)  # a diverged step is reported as such, and never saved
     writer.flush()

@@ -19,7 +19,9 @@ service notices within `heartbeat_timeout_s` (or at once when the coordinator's 
 and every other process is terminated with the fatal error "Terminating process because the JAX
 distributed service detected fatal errors ... another task died" (exit status 134) instead of
 hanging in a collective (tests/parallel/test_multihost.py kills a peer and checks the survivor
-exits within the timeout).
+exits within the timeout). A preemption notice (SIGTERM) to any process is different: JAX's
+preemption service, which `jax.distributed.initialize` starts, tells the others, and the training
+loop stops every process at one step and saves it (`train/stop_signals.py`).
 
 CPU processes reach each other through gloo collectives over TCP (JAX's default CPU collectives
 implementation; `jax_cpu_collectives_implementation`), which is what the tests use on loopback.

@@ -16,7 +16,8 @@ and backbone blocks rematerialised (model overrides), and a batch accumulated ov
 Faults (README "Reliability"): each step returns an all-finite flag with its metrics, and the loop
 reads a step's metrics before it logs, evaluates or saves that step, so a diverged step stops the
 run (`NonFiniteError`) and its state is never saved; SIGTERM (preemption) or Ctrl-C stops the run
-after the step in flight, with a checkpoint of that step (`stop_signals.py`); resume skips
+after the step in flight, with a checkpoint of that step (`stop_signals.py`; in a multi-process
+job every process stops at the same step); resume skips
 damaged checkpoints (`checkpoint.py`); a full disk is one `DiskFullError`; the checkpoint
 manager, metric writer and input iterator are closed in `finally`. The workdir may be local or a
 URL (gs://...).
@@ -195,7 +196,7 @@ def _train(config, workdir, mesh, resources):
             writer.flush()  # the logs of every step up to a checkpoint are on disk before it
         if is_save:
             checkpoints.save(step, state, train_iter.get_state(), force=is_last)
-        if stops.received is not None and not is_last:
+        if stops.should_stop(step) and not is_last:
             _stop_at(step, pending, state, train_iter, checkpoints, writer, stops, is_save)
     if pending is not None:
         _check_finite(*pending)

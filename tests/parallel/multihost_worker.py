@@ -3,7 +3,9 @@
 python tests/parallel/multihost_worker.py ROLE OUT_DIR DATA_DIR [PORT PROCESS_ID NUM_PROCESSES]
   train:     this process of a multi-process train_and_evaluate (jax.distributed over loopback,
              gloo CPU collectives); writes OUT_DIR/confusion_<id>.npy and OUT_DIR/done_<id>
-  long:      the same, for many steps (the test kills a peer while it runs)
+  long:      the same, for many steps (the test kills a peer, or sends it SIGTERM, while it runs);
+             a run stopped by SIGTERM exits as `deeplab_jax.main` does (143, the message last)
+  until=N:   the same workdir, trained on to step N (resumes what `long` saved)
   reference: one process holding all the devices, fed the same global batches (the
              concatenation of what each process reads from its own shard), stepping
              the train step directly; writes OUT_DIR/reference.npz
@@ -50,13 +52,18 @@ def run_process(port, process_id, num_processes, num_steps):
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
     from deeplab_jax.train.loop import train_and_evaluate
+    from deeplab_jax.train.stop_signals import TrainingStopped
 
     config = tiny_config()
     config.num_steps = num_steps
     if num_steps > NUM_STEPS:
         config.eval.every_steps = config.checkpoint_every_steps = 10 ** 6
         config.predict.num_images = 0
-    results = train_and_evaluate(config, os.path.join(OUT, "workdir"))
+    try:
+        results = train_and_evaluate(config, os.path.join(OUT, "workdir"))
+    except TrainingStopped as stopped:
+        print(stopped, flush=True)
+        sys.exit(stopped.exit_status)
     np.save(os.path.join(OUT, f"confusion_{jax.process_index()}.npy"), results["confusion"])
     open(os.path.join(OUT, f"done_{jax.process_index()}"), "w").close()
 
@@ -107,4 +114,5 @@ if __name__ == "__main__":
         run_reference(int(sys.argv[4]))
     else:
         port, process_id, num_processes = (int(v) for v in sys.argv[4:7])
-        run_process(port, process_id, num_processes, NUM_STEPS if ROLE == "train" else 10 ** 6)
+        steps = {"train": NUM_STEPS, "long": 10 ** 6}.get(ROLE) or int(ROLE.split("=")[1])
+        run_process(port, process_id, num_processes, steps)

@@ -4,11 +4,13 @@ Truths: (1) one process holding all 4 devices, fed the same global batches (what
 reads from its own shard, concatenated), reaches the same parameters; (2) the evaluation's summed
 confusion matrix counts every valid pixel of the val examples exactly once, in both processes;
 (3) a SIGKILLed peer makes the survivor exit with JAX's clear fatal error within the heartbeat
-timeout, instead of hanging in a collective.
+timeout, instead of hanging in a collective; (4) SIGTERM (preemption) sent to one process stops
+both at one step, which they save together and from which both resume.
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +166,54 @@ def test_two_processes_train_like_one_process(demo_data_dir, tmp_path, cache_dir
     assert len([f for f in os.listdir(workdir / "predictions") if f.endswith(".png")]) == 1
 
 
+def _wait_for_training(procs, out, metrics_file):
+    deadline = time.monotonic() + 400
+    while not (metrics_file.exists() and '"split": "train"' in metrics_file.read_text()):
+        assert all(p.poll() is None for p in procs), _log(out, 0)[-3000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+
+
+def _train_steps(metrics_file):
+    return [json.loads(line)["step"] for line in open(metrics_file)
+            if '"split": "train"' in line]
+
+
+def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_they_resume(
+        demo_data_dir, tmp_path, cache_dir):
+    out = tmp_path / "preempted"
+    out.mkdir()
+    procs = _start_processes("long", out, demo_data_dir, cache_dir)
+    workdir = out / "workdir"
+    try:
+        _wait_for_training(procs, out, workdir / "metrics.jsonl")
+        procs[1].send_signal(signal.SIGTERM)  # only one process gets the notice
+        for proc in procs:
+            proc.wait(timeout=120)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    logs = [_log(out, i) for i in range(2)]
+    assert [proc.returncode for proc in procs] == [143, 143], logs[1][-3000:]
+    stopped = [re.findall(r"stopped by SIGTERM after step (\d+); its checkpoint is in", log)
+               for log in logs]
+    assert stopped[0] and stopped[0] == stopped[1], logs
+    step = int(stopped[0][0])
+    # The step both agreed on is saved (the long run has no periodic checkpoints), complete
+    # enough to be read back, and the logs hold every step up to it, once.
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(step)]
+    _restore_on_one_device(workdir / "checkpoints" / str(step) / "state")
+    assert _train_steps(workdir / "metrics.jsonl") == list(range(1, step + 1))
+
+    # The same job started again goes on from that step in both processes.
+    _wait_all(_start_processes(f"until={step + 2}", out, demo_data_dir, cache_dir), out,
+              timeout=400)
+    assert _train_steps(workdir / "metrics.jsonl") == list(range(1, step + 3))
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(step), str(step + 2)]
+
+
 @pytest.mark.parametrize("killed", [1])
 def test_killed_process_makes_the_other_exit_with_a_clear_error(demo_data_dir, tmp_path,
                                                                  cache_dir, killed):
@@ -171,13 +221,8 @@ def test_killed_process_makes_the_other_exit_with_a_clear_error(demo_data_dir, t
     out.mkdir()
     procs = _start_processes("long", out, demo_data_dir, cache_dir)
     survivor = procs[1 - killed]
-    metrics_file = out / "workdir" / "metrics.jsonl"
     try:
-        deadline = time.monotonic() + 400
-        while not (metrics_file.exists() and '"split": "train"' in metrics_file.read_text()):
-            assert all(p.poll() is None for p in procs), _log(out, 0)[-3000:]
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.5)
+        _wait_for_training(procs, out, out / "workdir" / "metrics.jsonl")
         procs[killed].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         survivor.wait(timeout=EXIT_BOUND_S + 60)

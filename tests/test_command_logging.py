@@ -1,4 +1,5 @@
-"""command_logging: orbax's INFO records are held back on the console, nothing else is."""
+"""command_logging: orbax's and JAX's backend-discovery INFO records are held back on the console,
+nothing else is."""
 
 import logging as python_logging
 import os
@@ -9,8 +10,8 @@ from absl import logging
 from deeplab_jax import command_logging
 
 
-def _record(pathname, level):
-    return python_logging.LogRecord("absl", level, pathname, 1, "message", None, None)
+def _record(pathname, level, name="absl"):
+    return python_logging.LogRecord(name, level, pathname, 1, "message", None, None)
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def test_orbax_info_is_hidden_below_debug_and_warnings_always_show(verbosity):
     orbax_file = os.path.join(command_logging.ORBAX_DIRECTORIES[0], "checkpoint",
                               "checkpoint_manager.py")
     ours = command_logging.__file__
-    hide = command_logging.HideOrbaxInfo()
+    hide = command_logging.HideLibraryInfo()
     verbosity(logging.INFO)
     assert not hide.filter(_record(orbax_file, python_logging.INFO))
     assert hide.filter(_record(orbax_file, python_logging.WARNING))
@@ -34,6 +35,21 @@ def test_orbax_info_is_hidden_below_debug_and_warnings_always_show(verbosity):
                                python_logging.INFO))
     verbosity(logging.DEBUG)  # --verbosity=1: everything, orbax's bookkeeping included
     assert hide.filter(_record(orbax_file, python_logging.INFO))
+
+
+def test_jax_backend_discovery_info_is_hidden_below_debug(verbosity):
+    from jax._src import xla_bridge
+
+    # The logger that writes "Unable to initialize backend 'tpu'" is the one the filter names.
+    name, bridge = xla_bridge.logger.name, xla_bridge.__file__
+    hide = command_logging.HideLibraryInfo()
+    verbosity(logging.INFO)
+    assert not hide.filter(_record(bridge, python_logging.INFO, name))
+    # Its warnings (a GPU without a CUDA jaxlib) show, and so does the rest of JAX.
+    assert hide.filter(_record(bridge, python_logging.WARNING, name))
+    assert hide.filter(_record(bridge, python_logging.INFO, "jax._src.dispatch"))
+    verbosity(logging.DEBUG)
+    assert hide.filter(_record(bridge, python_logging.INFO, name))
 
 
 def test_orbax_directory_is_where_orbax_checkpoint_lives():
@@ -51,7 +67,7 @@ def test_configure_installs_one_filter_and_keeps_a_given_verbosity(verbosity, mo
         command_logging.configure(logging.INFO)
         command_logging.configure(logging.INFO)
         assert logging.get_verbosity() == logging.ERROR
-        hiders = [f for f in handler.filters if isinstance(f, command_logging.HideOrbaxInfo)]
+        hiders = [f for f in handler.filters if isinstance(f, command_logging.HideLibraryInfo)]
         assert len(hiders) == 1
         monkeypatch.setattr(logging.FLAGS["verbosity"], "present", 0)  # not given: the default
         command_logging.configure(logging.INFO)

@@ -126,7 +126,8 @@ def _train(config, workdir, mesh, resources):
         state, data_state, start_step = checkpoints.restore_latest(setup.abstract)
     except checkpoint.CheckpointError as error:  # say what changed since the run that wrote them
         raise type(error)(run_config.explain(error, workdir, config)) from None
-    run_config.write(config, workdir)  # only now: a refused resume keeps the run's own record
+    # Only now: a refused resume keeps the run's own record.
+    run_config.record(config, workdir, start_step if state is not None else 0)
     if state is None:
         state = setup.create(config.seed)
         if config.model.init_checkpoint:

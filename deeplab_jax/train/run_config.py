@@ -6,6 +6,12 @@ checkpoints (another model, other widths, another optimiser) fails without overw
 of the run that wrote them, which evaluation and prediction read (`init_weights.adopt_run_layout`).
 When such a command fails, `explain` adds the fields in which its config differs from the saved
 one to the checkpoint error, so the message says what changed, not only which arrays differ.
+
+Settings that leave the checkpoint readable may change on a resume, and often do: more steps
+(which also stretches the poly learning-rate schedule, so the learning rate jumps up from where
+the shorter run had brought it), another learning rate, another evaluation. `record` then warns
+with the fields that changed, and keeps the old record as config_until_step_<N>.json before
+config.json takes the new settings, so the workdir still says how its first N steps were trained.
 """
 
 import json
@@ -28,6 +34,26 @@ def write(config, workdir):
         except OSError as error:
             storage.raise_if_disk_full(error, "the config", path)
             raise
+
+
+def record(config, workdir, resumed_step=0):
+    """Writes config.json for a run starting fresh (`resumed_step` 0) or resuming that step; on a
+    resume with changed settings, first warns and keeps the old file (see the module docstring)."""
+    saved = read(workdir) if resumed_step else None
+    changed = differences(saved, config) if saved is not None else []
+    if changed and jax.process_index() == 0:
+        kept = storage.as_path(workdir) / f"config_until_step_{resumed_step}.json"
+        try:
+            storage.write_atomic(kept, json.dumps(saved, indent=2))
+        except OSError as error:
+            storage.raise_if_disk_full(error, "the previous config", kept)
+            raise
+        logging.warning("resuming at step %d with settings that differ from the run's %s: %s. "
+                        "From here on the run follows them%s; the previous settings are kept in "
+                        "%s", resumed_step, FILE_NAME, _listed(changed),
+                        " (num_steps also sets the learning-rate schedule)"
+                        if any(c.startswith("num_steps:") for c in changed) else "", kept)
+    write(config, workdir)
 
 
 def read(workdir):
@@ -71,8 +97,11 @@ def explain(error, workdir, config):
     changed = differences(saved, config) if saved is not None else []
     if not changed:
         return str(error)
-    more = len(changed) - _LISTED
-    listed = "; ".join(changed[:_LISTED]) + (f"; and {more} more" if more > 0 else "")
     return (f"{error}. The run that wrote them ({storage.as_path(workdir) / FILE_NAME}) differs "
-            f"from this config in: {listed}. Use the settings it was trained with, or another "
-            "--workdir for a new run")
+            f"from this config in: {_listed(changed)}. Use the settings it was trained with, or "
+            "another --workdir for a new run")
+
+
+def _listed(changed):
+    more = len(changed) - _LISTED
+    return "; ".join(changed[:_LISTED]) + (f"; and {more} more" if more > 0 else "")

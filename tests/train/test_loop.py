@@ -1,5 +1,6 @@
 """Training: golden first step, resume bit-identical, 8 devices == 1 device, loud failures."""
 
+import json
 import os
 
 import jax
@@ -37,6 +38,10 @@ def test_resume_is_bit_identical(tiny_config, tmp_path):
     train_and_evaluate(config, str(tmp_path / "resumed"))
     config.num_steps = 4
     train_and_evaluate(config, str(tmp_path / "resumed"))
+    # The longer second run is said and recorded: how the first 2 steps were set is kept.
+    assert json.loads((tmp_path / "resumed" / "config_until_step_2.json").read_text())[
+        "num_steps"] == 2
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["num_steps"] == 4
     step_a, params_a = _final_params(str(tmp_path / "straight"))
     step_b, params_b = _final_params(str(tmp_path / "resumed"))
     assert step_a == step_b == 4

@@ -1,6 +1,7 @@
 """config.json of a run and the checkpoint layout check: the differences named, hand-written."""
 
 import json
+import logging
 
 import jax
 import ml_collections
@@ -60,3 +61,22 @@ def test_layout_differences_compare_variables_not_optimizer_state():
     # Abstract states (ShapeDtypeStruct leaves, as restore gets them) compare the same way.
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state(16))
     assert len(checkpoint.layout_differences(state(8), abstract)) == 2
+
+
+def test_a_resume_with_changed_settings_warns_and_keeps_the_old_record(tmp_path, caplog):
+    first = _config((8, 16), 0.01)
+    first.num_steps = 6
+    run_config.record(first, tmp_path)  # a fresh start: config.json only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    with caplog.at_level(logging.WARNING):
+        run_config.record(first, tmp_path, resumed_step=6)  # the same settings: nothing to say
+    assert not caplog.text and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+    longer = _config((8, 16), 0.01)
+    longer.num_steps = 12
+    with caplog.at_level(logging.WARNING):
+        run_config.record(longer, tmp_path, resumed_step=6)
+    assert "resuming at step 6 with settings that differ" in caplog.text
+    assert "num_steps: 6 there, 12 here" in caplog.text and "learning-rate schedule" in caplog.text
+    assert json.loads((tmp_path / "config_until_step_6.json").read_text())["num_steps"] == 6
+    assert run_config.read(tmp_path)["num_steps"] == 12

@@ -16,10 +16,9 @@ the user asked for, or a GPU present without its jaxlib, comes as an error or a 
 import logging as python_logging
 import os
 
-import orbax  # a namespace package (cheap to import): its __path__ says where it is installed
 from absl import flags, logging
 
-ORBAX_DIRECTORIES = tuple(os.path.join(os.path.abspath(path), "") for path in orbax.__path__)
+from deeplab_jax.train.abandoned_reads import ORBAX_DIRECTORIES
 # Loggers whose INFO records are held back like orbax's (matched by name, not by message text).
 QUIET_LOGGERS = ("jax._src.xla_bridge",)
 

@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 
 from deeplab_jax import storage
 from deeplab_jax.finite import NonFiniteError
-from deeplab_jax.train import fingerprint
+from deeplab_jax.train import abandoned_reads, fingerprint
 
 ITEMS = ("state", "data", "integrity")
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -158,6 +158,9 @@ class Checkpoints:
         NonFiniteError naming the checkpoint."""
         where = f"checkpoint {step} in {self.directory}"
         step_dir = self.directory / str(step)
+        # Before any read (the metadata's too): when one fails, the abandoned reads' tracebacks,
+        # which would bury the one line this reports, start while orbax is still unwinding.
+        abandoned_reads.quiet()
         self._check_layout(step_dir, abstract_state, where)
         has_integrity = (step_dir / "integrity").exists()
         items = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore()}

@@ -10,11 +10,12 @@ the tasks. Resuming the 16,920-parameter demo model past one damaged checkpoint 
 of stderr around the one line that said what happened.
 
 `quiet()` (called by `Checkpoints` before its first read: the echoes start while orbax is still
-unwinding the failed restore; idempotent) installs, for the rest of the process, an unraisable hook that drops exactly those two kinds (an exception from a coroutine
-defined in orbax's package, and RuntimeError('Event loop is closed') raised by asyncio with no
-object), and a filter on the 'asyncio' logger that drops its "exception was never retrieved"
-records of exceptions raised in orbax's code (of tasks and of the futures that gather them). Everything else goes where it went before; with absl's
-verbosity at debug (`--verbosity=1`) nothing is dropped.
+unwinding the failed restore; idempotent) installs, for the rest of the process, an unraisable
+hook that drops exactly those two kinds (an exception from a coroutine defined in orbax's package,
+and RuntimeError('Event loop is closed') raised by asyncio with no object), and a filter on the
+'asyncio' logger that drops its "exception was never retrieved" records of exceptions raised in
+orbax's code (of tasks and of the futures that gather them). Everything else goes where it went
+before; with absl's verbosity at debug (`--verbosity=1`) nothing is dropped.
 """
 
 import asyncio

@@ -20,9 +20,10 @@ others on a step to stop at (one past the furthest step any process has reached)
 `multihost_utils.reached_preemption_sync_point(step)` says True at that step in every process. So
 there `should_stop(step)` asks the service once per step, and all processes save the same step
 and stop. (A loop that does not ask never hears of the notice: the job trains on until the
-scheduler's SIGKILL, and loses everything since its last periodic checkpoint.) Ctrl-C keeps its default action there (a person stops a multi-host job by stopping the
-job). When the service is switched off (`jax_enable_preemption_service=False`), SIGTERM keeps its
-default action and the periodic checkpoints bound what a preemption costs.
+scheduler's SIGKILL, and loses everything since its last periodic checkpoint.) Ctrl-C keeps its
+default action there (a person stops a multi-host job by stopping the job). When the service is
+switched off (`jax_enable_preemption_service=False`), SIGTERM keeps its default action and the
+periodic checkpoints bound what a preemption costs.
 """
 
 import signal

@@ -60,8 +60,8 @@ def test_damaged_latest_checkpoint_falls_back(reference, demo_data_dir, tmp_path
     dropped_before = abandoned_reads.dropped
     train_and_evaluate(config, workdir)  # resumes from 4 (6 is damaged), trains 5 and 6
     gc.collect()  # the abandoned reads' coroutines report when they are collected
-    # orbax's abandoned reads print nothing: one warning line says what happened (a truncated
-    # chunk file left 280 tracebacks, ~7,900 lines, on the demo model before).
+    # orbax's abandoned reads print nothing: one warning line says what happened (before, the
+    # tiny demo model's chunk files truncated left 280 tracebacks, 7,961 lines of stderr).
     assert not printed, [str(u.exc_value)[:200] for u in printed]
     assert "exception was never retrieved" not in caplog.text
     assert "skipping checkpoint 6" in caplog.text

@@ -14,8 +14,9 @@ unwinding the failed restore; idempotent) installs, for the rest of the process,
 hook that drops exactly those two kinds (an exception from a coroutine defined in orbax's package,
 and RuntimeError('Event loop is closed') raised by asyncio with no object), and a filter on the
 'asyncio' logger that drops its "exception was never retrieved" records of exceptions raised in
-orbax's code (of tasks and of the futures that gather them). Everything else goes where it went
-before; with absl's verbosity at debug (`--verbosity=1`) nothing is dropped.
+orbax's code or by tensorstore (of tasks, of the futures that gather them, and of tensorstore's
+own futures). Everything else goes where it went before; with absl's verbosity at debug
+(`--verbosity=1`) nothing is dropped.
 """
 
 import asyncio
@@ -55,17 +56,21 @@ def is_echo(unraisable) -> bool:
 
 
 class _HideNeverRetrieved(python_logging.Filter):
-    """Drops asyncio's "... exception was never retrieved" records of orbax's exceptions."""
+    """Drops asyncio's "... exception was never retrieved" records of orbax's and tensorstore's
+    exceptions."""
 
     def filter(self, record):
         if logging.get_verbosity() >= logging.DEBUG or not record.exc_info:
             return True
+        # asyncio's text is "<Task, _GatheringFuture, Future> exception was never retrieved".
+        if not str(record.msg).split("\n", 1)[0].endswith(" exception was never retrieved"):
+            return True
         error = record.exc_info[1]
         frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-        # asyncio's text is "<Task, _GatheringFuture, ...> exception was never retrieved".
-        first_line = str(record.msg).split("\n", 1)[0]
-        return not (first_line.endswith(" exception was never retrieved")
-                    and any(_in_orbax(frame.filename) for frame in frames))
+        # Raised in orbax's code, or by tensorstore itself into the future orbax awaited (no
+        # Python frames then; tensorstore's errors carry their spec, "[tensorstore_spec=...]").
+        return not (any(_in_orbax(frame.filename) for frame in frames)
+                    or "tensorstore_spec" in str(error))
 
 
 def quiet():

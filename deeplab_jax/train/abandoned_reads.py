@@ -32,7 +32,6 @@ from absl import logging
 ORBAX_DIRECTORIES = tuple(os.path.join(os.path.abspath(path), "") for path in orbax.__path__)
 _ASYNCIO_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(asyncio.__file__)), "")
 _installed = False
-dropped = 0  # unraisable echoes dropped so far in this process
 
 
 def _in_orbax(filename):
@@ -82,11 +81,8 @@ def quiet():
     previous = sys.unraisablehook
 
     def hook(unraisable):
-        global dropped
         if logging.get_verbosity() >= logging.DEBUG or not is_echo(unraisable):
             previous(unraisable)
-        else:
-            dropped += 1
 
     sys.unraisablehook = hook
     asyncio_logger = python_logging.getLogger("asyncio")

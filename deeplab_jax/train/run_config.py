@@ -28,12 +28,16 @@ _LISTED = 6  # differing fields named in an error; the rest are counted
 def write(config, workdir):
     """Writes `config` as <workdir>/config.json (process 0; atomic, so readers see a whole file)."""
     if jax.process_index() == 0:
-        path = storage.as_path(workdir) / FILE_NAME
-        try:
-            storage.write_atomic(path, config.to_json_best_effort(indent=2))
-        except OSError as error:
-            storage.raise_if_disk_full(error, "the config", path)
-            raise
+        _write_text(storage.as_path(workdir) / FILE_NAME, config.to_json_best_effort(indent=2),
+                    "the config")
+
+
+def _write_text(path, text, what):
+    try:
+        storage.write_atomic(path, text)
+    except OSError as error:
+        storage.raise_if_disk_full(error, what, path)
+        raise
 
 
 def record(config, workdir, resumed_step=0):
@@ -43,11 +47,7 @@ def record(config, workdir, resumed_step=0):
     changed = differences(saved, config) if saved is not None else []
     if changed and jax.process_index() == 0:
         kept = storage.as_path(workdir) / f"config_until_step_{resumed_step}.json"
-        try:
-            storage.write_atomic(kept, json.dumps(saved, indent=2))
-        except OSError as error:
-            storage.raise_if_disk_full(error, "the previous config", kept)
-            raise
+        _write_text(kept, json.dumps(saved, indent=2), "the previous config")
         logging.warning("resuming at step %d with settings that differ from the run's %s: %s. "
                         "From here on the run follows them%s; the previous settings are kept in "
                         "%s", resumed_step, FILE_NAME, _listed(changed),

@@ -24,19 +24,29 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests build the same small models many times; the persistent cache turns repeated XLA compiles of
 # identical programs (seconds each on 2 cores) into file reads. One directory per test session,
-# shared by the xdist workers (same run id) and, through the environment, by the subprocesses the
-# tests start (command lines, notebooks, multi-host workers), so a program compiled anywhere in the
-# session is compiled once; a new session starts empty, which keeps runs independent.
+# shared through the environment by the xdist workers (they inherit the controller's) and by the
+# subprocesses the tests start (command lines, notebooks, multi-host workers), so a program
+# compiled anywhere in the session is compiled once; a new session starts empty, which keeps runs
+# independent. The process that made the directory removes it at the end (pytest_unconfigure): it
+# holds tens of MB a session, and a developer runs many sessions.
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-_cache_dir = (os.path.join(tempfile.gettempdir(), f"deeplab_jax_xla_cache_{_run_id}") if _run_id
-              else tempfile.mkdtemp(prefix="deeplab_jax_xla_cache_"))
+_CACHE_VARIABLE = "DEEPLAB_JAX_TEST_XLA_CACHE"
+_owns_cache_dir = _CACHE_VARIABLE not in os.environ
+if _owns_cache_dir:
+    os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="deeplab_jax_xla_cache_")
+_cache_dir = os.environ[_CACHE_VARIABLE]
 os.makedirs(_cache_dir, exist_ok=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_compilation_cache_dir", _cache_dir)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+    if _owns_cache_dir:
+        shutil.rmtree(_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

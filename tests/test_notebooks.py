@@ -25,7 +25,7 @@ def test_there_are_three_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_in_smoke_mode(path, monkeypatch, tmp_path_factory):
+def test_notebook_runs_in_smoke_mode(path, monkeypatch, tmp_path, tmp_path_factory):
     nbformat = pytest.importorskip("nbformat", reason="executing notebooks needs nbformat")
     nbclient = pytest.importorskip("nbclient", reason="executing notebooks needs nbclient")
     pytest.importorskip("ipykernel", reason="executing notebooks needs ipykernel")
@@ -49,6 +49,10 @@ def test_notebook_runs_in_smoke_mode(path, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "nb_xla"))
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # The notebooks' smoke mode writes to tempfile.mkdtemp() directories, as a Colab VM's /tmp is
+    # thrown away; here they go under pytest's temporary directory, which pytest rotates (notebook
+    # 03 alone writes ~300 MB: a random ResNet-50's .pth and its conversion).
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     client = nbclient.NotebookClient(
         notebook, timeout=600, kernel_name="python3", allow_errors=False,
         resources={"metadata": {"path": EXPERIMENTS}})

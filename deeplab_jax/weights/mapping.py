@@ -130,7 +130,8 @@ def fill_variables(
     template: the model's variables as a nested dict of arrays or `jax.ShapeDtypeStruct`s.
     assignments: iterable of `Assignment`. ignored, unused: iterables of (source name, reason): the
     tensors the importer skipped on purpose, and those it could not map to any of our names.
-    init_fn: () -> real variables of the model, called only if allowed variables are missing.
+    init_fn: (paths) -> {path: freshly initialised value} for those of our paths, called only if
+    allowed variables are missing.
     """
     shapes = {path: (tuple(leaf.shape), np.dtype(leaf.dtype)) for path, leaf in
               flatten(template).items()}
@@ -186,7 +187,7 @@ def fill_variables(
         raise WeightImportError(
             f"cannot import {file} into model {model_name!r}:\n" + "\n".join(errors))
     if missing:
-        fresh = flatten(init_fn()) if init_fn is not None else {}
+        fresh = init_fn(missing) if init_fn is not None else {}
         for path in missing:
             if path not in fresh:
                 raise WeightImportError(f"{file}: {path} is missing and no initialiser was given")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deeplab_jax import models
-from deeplab_jax.weights import WeightImportError, caffe_proto, import_weights
+from deeplab_jax.weights import WeightImportError, caffe_proto, import_weights, importer
 from deeplab_jax.weights.mapping import flatten
 
 from tests.helpers.weights_reference import (
@@ -128,6 +128,13 @@ def test_other_num_classes_needs_allow_missing_head(tiny_v2, tmp_path):
     np.testing.assert_array_equal(
         variables["params"]["backbone"]["stem"]["conv1"]["bn"]["bias"],
         tiny_v2[1]["layer1.conv1.bn.bias"])
+    # Only the missing variables are initialised (XLA drops the rest), and their values are those
+    # of the whole model's initialisation with the same seed.
+    model = models.get_model(V2_MODEL, 7, **TINY_V2)
+    whole = flatten(importer._init_fn(model, seed=0)())
+    for path in report.missing:
+        np.testing.assert_array_equal(flatten(variables)[path], whole[path], err_msg=path)
+    assert np.std(variables["params"]["head"]["c0"]["kernel"]) > 0
 
 
 def test_missing_and_unknown_layers_are_listed(tiny_v2, tmp_path):

@@ -12,6 +12,7 @@ from deeplab_jax.weights import WeightImportError, caffe_proto, import_weights, 
 from deeplab_jax.weights.mapping import flatten
 
 from tests.helpers.weights_reference import (
+    forward,
     TINY_V2,
     TINY_V2_RATES,
     caffe_bgr_nchw,
@@ -36,7 +37,7 @@ def tiny_v2():
 
 
 def _run_ours(model, variables, images):
-    return np.asarray(model.apply(variables, images, train=False))
+    return forward(model, variables, images, train=False)
 
 
 def _run_torch(net, images):

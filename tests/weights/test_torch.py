@@ -17,6 +17,7 @@ from tests.helpers.weights_reference import (
     TINY_V2,
     TINY_V2_RATES,
     caffe_bgr_nchw,
+    forward,
     randomize_torch_,
     relative_error,
     torch_deeplab_v2,
@@ -52,7 +53,7 @@ def test_kazuto_msc_state_dict_matches_reference(tmp_path):
     assert all("num_batches_tracked" in name for name, _ in report.ignored)
 
     images = np.random.default_rng(0).uniform(0, 255, (2, 57, 57, 3)).astype(np.float32)
-    ours = np.asarray(models.get_model(V2_MODEL, 5, **TINY_V2).apply(variables, images))
+    ours = forward(models.get_model(V2_MODEL, 5, **TINY_V2), variables, images)
     with torch.no_grad():
         expected = net(torch.from_numpy(caffe_bgr_nchw(images))).numpy().transpose(0, 2, 3, 1)
     assert ours.shape == expected.shape == (2, 8, 8, 5)
@@ -83,7 +84,8 @@ def _torchvision_backbone_check(tmp_path, block, stage_sizes, output_stride, **o
                              pool_ceil_mode=False, input_norm="imagenet", **overrides)
     images = np.random.default_rng(1).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
     x_nchw = _imagenet_nchw(images)
-    features = model.backbone.apply(
+    features = forward(
+        model.backbone,
         {"params": variables["params"]["backbone"],
          "batch_stats": variables["batch_stats"]["backbone"]},
         np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)), train=False)
@@ -152,7 +154,7 @@ def _torchvision_deeplabv3_check(tmp_path, net, model_name, **overrides):
     assert report.model_overrides["extra_conv3x3"] is True
     model = models.get_model(model_name, 21, **report.model_overrides)
     images = np.random.default_rng(2).uniform(0, 255, (2, 65, 65, 3)).astype(np.float32)
-    ours = np.asarray(model.apply(variables, images, train=False))
+    ours = forward(model, variables, images, train=False)
     with torch.no_grad():  # logits before torchvision's final upsampling
         x = torch.from_numpy(_imagenet_nchw(images))
         expected = net.classifier(net.backbone(x)["out"]).numpy().transpose(0, 2, 3, 1)
@@ -235,7 +237,7 @@ def test_kazuto_msc_forward_is_reproduced(tmp_path):
                                        **TINY_V2)
     assert report.model_overrides["resize_convention"] == "pytorch"
     image = photo("astronaut", 97, 113).astype(np.float32)[None]
-    ours = models.get_model(V2_MODEL, 5, **report.model_overrides).apply(variables, image)
+    ours = forward(models.get_model(V2_MODEL, 5, **report.model_overrides), variables, image)
     with torch.no_grad():
         expected = msc(torch.from_numpy(caffe_bgr_nchw(image))).numpy().transpose(0, 2, 3, 1)
     assert np.asarray(ours).shape == expected.shape
@@ -244,5 +246,5 @@ def test_kazuto_msc_forward_is_reproduced(tmp_path):
     # The Caffe convention computes another function on the same weights (what imports did
     # before): the setting is what makes the outputs equal.
     caffe = dict(report.model_overrides, resize_convention="caffe")
-    other = models.get_model(V2_MODEL, 5, **caffe).apply(variables, image)
+    other = forward(models.get_model(V2_MODEL, 5, **caffe), variables, image)
     assert relative_error(np.asarray(other), expected) > 1e-3

@@ -275,20 +275,10 @@ def imagenet_nchw(images_BxHxWx3):
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def forward(model, variables, images, **apply_kwargs):
-    """model.apply(variables, images, **apply_kwargs) as one jitted program, as numpy. Run op by
-    op, a ResNet's forward pass compiles each of its hundreds of small ops on first use, which
-    took several times longer on 2 cores."""
-    import functools
-
-    import jax
-
-    return np.asarray(jax.jit(functools.partial(model.apply, **apply_kwargs))(variables, images))
-
-
 def backbone_features(model, variables, images_BxHxWx3):
     """The model's backbone output on uint8 RGB images, normalised as the model normalises."""
     from deeplab_jax.models import normalize_images
+    from tests.helpers.models import forward
 
     def features(module, images):
         return module.backbone(normalize_images(images, module.input_norm), train=False)

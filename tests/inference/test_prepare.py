@@ -11,7 +11,7 @@ from deeplab_jax import models
 from deeplab_jax.inference import prepare
 from deeplab_jax.inference.prepare import fold_conv_bn
 
-from tests.helpers.models import batchnorm_model, images, relative_error
+from tests.helpers.models import batchnorm_model, forward, images, relative_error
 
 TINY_V2 = dict(stage_sizes=(1, 1, 2, 1), widths=(4, 4, 8, 8))
 TINY_V3 = dict(stage_sizes=(1, 1, 1, 3), widths=(4, 4, 8, 8), aspp_features=8,
@@ -36,18 +36,15 @@ def test_prepared_model_equals_the_original(case):
     model, variables = batchnorm_model(*CASES[case])
     prepared_model, prepared_variables = prepare(model, variables)
     x = images()
-    # Jitted: op by op, the Xception-65 case spent most of its 50 s compiling each small op.
-    forward = jax.jit(model.apply, static_argnames="train")
-    expected = forward(variables, x, train=False)
-    actual = jax.jit(prepared_model.apply, static_argnames="train")(prepared_variables, x,
-                                                                     train=False)
+    expected = forward(model, variables, x, train=False)
+    actual = forward(prepared_model, prepared_variables, x, train=False)
     assert actual.shape == expected.shape
     assert relative_error(actual, expected) <= 1e-4
     assert "batch_stats" not in prepared_variables
     leaves = jax.tree_util.tree_leaves_with_path(prepared_variables["params"])
     assert not any("'bn'" in jax.tree_util.keystr(path) for path, _ in leaves)
     # The original model and variables are untouched (prepare copies what it changes).
-    np.testing.assert_array_equal(forward(variables, x, train=False), expected)
+    np.testing.assert_array_equal(forward(model, variables, x, train=False), expected)
 
 
 def test_vgg_without_batchnorm_is_returned_unchanged():

@@ -11,8 +11,8 @@ from deeplab_jax import models
 from deeplab_jax.weights import WeightImportError, caffe_proto, import_weights, importer
 from deeplab_jax.weights.mapping import flatten
 
+from tests.helpers.models import forward
 from tests.helpers.weights_reference import (
-    forward,
     TINY_V2,
     TINY_V2_RATES,
     caffe_bgr_nchw,

@@ -12,12 +12,12 @@ from deeplab_jax import models
 from deeplab_jax.weights import WeightImportError, import_weights
 from deeplab_jax.weights.mapping import flatten
 
+from tests.helpers.models import forward
 from tests.helpers.photos import photo
 from tests.helpers.weights_reference import (
     TINY_V2,
     TINY_V2_RATES,
     caffe_bgr_nchw,
-    forward,
     randomize_torch_,
     relative_error,
     torch_deeplab_v2,
